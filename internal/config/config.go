@@ -1,0 +1,208 @@
+// Package config reads every environment variable the platform understands, in one place, with the
+// defaults documented in the README. Nothing else in the module calls os.Getenv.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// Config is the whole configuration of the gateway, the pipeline and the devstack.
+type Config struct {
+	GRPCAddr    string
+	HTTPAddr    string
+	MetricsAddr string
+
+	KafkaBrokers  []string
+	MongoURI      string
+	MongoDatabase string
+	RedisURL      string
+
+	AuthHMACSecret string
+	AuthJWKSFile   string
+	AuthIssuer     string
+	AuthAudience   string
+
+	ShutdownTimeout    time.Duration
+	DrainDelay         time.Duration
+	HealthCheckTimeout time.Duration
+	HealthInterval     time.Duration
+
+	LogLevel  slog.Level
+	LogFormat string
+
+	Devstack Devstack
+}
+
+// Devstack holds the settings only services/devstack reads.
+type Devstack struct {
+	KafkaAddr string
+	MongoAddr string
+	RedisAddr string
+	DataDir   string
+}
+
+// Var documents one environment variable.
+type Var struct {
+	Name    string
+	Default string
+	Help    string
+}
+
+// Vars lists every variable Load reads, in README order. The compose test checks docker-compose.yml
+// against it, and the README's configuration table is written from it.
+var Vars = []Var{
+	{"GRPC_ADDR", ":9090", "gRPC listen address (platform.v1 services, grpc.health.v1, reflection)"},
+	{"HTTP_ADDR", ":8080", "REST (grpc-gateway) listen address, with /healthz and /readyz"},
+	{"METRICS_ADDR", ":9464", "Prometheus /metrics listen address"},
+	{"KAFKA_BROKERS", "", "comma-separated seed brokers (host:port); required outside devstack"},
+	{"MONGO_URI", "", "MongoDB connection string; required outside devstack"},
+	{"MONGO_DATABASE", "platform", "MongoDB database name"},
+	{"REDIS_URL", "", "Redis URL (redis://[:password@]host:port/db); required outside devstack"},
+	{"AUTH_HMAC_SECRET", "", "HS256 secret for bearer JWTs (at least 32 bytes)"},
+	{"AUTH_JWKS_FILE", "", "path of a JWKS file with RS256/ES256 public keys"},
+	{"AUTH_ISSUER", "", "required JWT `iss` when set"},
+	{"AUTH_AUDIENCE", "", "required JWT `aud` when set"},
+	{"SHUTDOWN_TIMEOUT", "30s", "bound on graceful shutdown (drain, in-flight RPCs, flush)"},
+	{"SHUTDOWN_DRAIN_DELAY", "2s", "time between readiness turning 503 and the listeners closing"},
+	{"HEALTH_CHECK_TIMEOUT", "5s", "timeout of one dependency check"},
+	{"HEALTH_CHECK_INTERVAL", "5s", "period of the background dependency checks"},
+	{"LOG_LEVEL", "info", "debug, info, warn or error"},
+	{"LOG_FORMAT", "json", "json or text (devstack defaults to text)"},
+	{"DEVSTACK_KAFKA_ADDR", "127.0.0.1:19092", "devstack: embedded Kafka (kfake) address when KAFKA_BROKERS is empty"},
+	{"DEVSTACK_MONGO_ADDR", "127.0.0.1:27018", "devstack: embedded MongoDB-wire (FerretDB) address when MONGO_URI is empty"},
+	{"DEVSTACK_REDIS_ADDR", "127.0.0.1:16379", "devstack: embedded Redis (miniredis) address when REDIS_URL is empty"},
+	{"DEVSTACK_DATA_DIR", "<os temp dir>/platform-devstack", "devstack: FerretDB's SQLite files"},
+}
+
+// Known reports whether name is a variable Load reads.
+func Known(name string) bool {
+	for _, v := range Vars {
+		if v.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
+// Getenv is os.Getenv's shape, so tests can pass a map lookup.
+type Getenv func(string) string
+
+// FromEnv loads the configuration from the process environment.
+func FromEnv() (Config, error) { return Load(os.Getenv) }
+
+// Load reads and validates the configuration. Every problem is reported, each naming its variable.
+func Load(getenv Getenv) (Config, error) {
+	defaults := make(map[string]string, len(Vars))
+	for _, v := range Vars {
+		defaults[v.Name] = v.Default
+	}
+	get := func(name string) string {
+		if v := strings.TrimSpace(getenv(name)); v != "" {
+			return v
+		}
+		return defaults[name]
+	}
+	var errs []error
+	addr := func(name string) string {
+		v := get(name)
+		if _, _, err := net.SplitHostPort(v); err != nil {
+			errs = append(errs, fmt.Errorf("%s=%q: want host:port: %w", name, v, err))
+		}
+		return v
+	}
+	duration := func(name string) time.Duration {
+		v := get(name)
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 {
+			errs = append(errs, fmt.Errorf("%s=%q: want a non-negative duration such as 5s", name, v))
+		}
+		return d
+	}
+
+	c := Config{
+		GRPCAddr:           addr("GRPC_ADDR"),
+		HTTPAddr:           addr("HTTP_ADDR"),
+		MetricsAddr:        addr("METRICS_ADDR"),
+		MongoURI:           get("MONGO_URI"),
+		MongoDatabase:      get("MONGO_DATABASE"),
+		RedisURL:           get("REDIS_URL"),
+		AuthHMACSecret:     getenv("AUTH_HMAC_SECRET"), // not trimmed: every byte of a secret counts
+		AuthJWKSFile:       get("AUTH_JWKS_FILE"),
+		AuthIssuer:         get("AUTH_ISSUER"),
+		AuthAudience:       get("AUTH_AUDIENCE"),
+		ShutdownTimeout:    duration("SHUTDOWN_TIMEOUT"),
+		DrainDelay:         duration("SHUTDOWN_DRAIN_DELAY"),
+		HealthCheckTimeout: duration("HEALTH_CHECK_TIMEOUT"),
+		HealthInterval:     duration("HEALTH_CHECK_INTERVAL"),
+		LogFormat:          strings.ToLower(get("LOG_FORMAT")),
+		Devstack: Devstack{
+			KafkaAddr: addr("DEVSTACK_KAFKA_ADDR"),
+			MongoAddr: addr("DEVSTACK_MONGO_ADDR"),
+			RedisAddr: addr("DEVSTACK_REDIS_ADDR"),
+			DataDir:   getenv("DEVSTACK_DATA_DIR"),
+		},
+	}
+	if c.Devstack.DataDir == "" {
+		c.Devstack.DataDir = filepath.Join(os.TempDir(), "platform-devstack")
+	}
+	for _, b := range strings.Split(get("KAFKA_BROKERS"), ",") {
+		if b = strings.TrimSpace(b); b == "" {
+			continue
+		}
+		if _, _, err := net.SplitHostPort(b); err != nil {
+			errs = append(errs, fmt.Errorf("KAFKA_BROKERS: broker %q: want host:port", b))
+		}
+		c.KafkaBrokers = append(c.KafkaBrokers, b)
+	}
+	if c.MongoURI != "" && !strings.HasPrefix(c.MongoURI, "mongodb://") && !strings.HasPrefix(c.MongoURI, "mongodb+srv://") {
+		errs = append(errs, errors.New("MONGO_URI: want a mongodb:// or mongodb+srv:// URI"))
+	}
+	if c.RedisURL != "" {
+		if u, err := url.Parse(c.RedisURL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") {
+			errs = append(errs, errors.New("REDIS_URL: want a redis:// or rediss:// URL"))
+		}
+	}
+	if c.HealthCheckTimeout == 0 {
+		errs = append(errs, errors.New("HEALTH_CHECK_TIMEOUT: must be positive"))
+	}
+	if c.HealthInterval == 0 {
+		errs = append(errs, errors.New("HEALTH_CHECK_INTERVAL: must be positive"))
+	}
+	if err := c.LogLevel.UnmarshalText([]byte(get("LOG_LEVEL"))); err != nil {
+		errs = append(errs, fmt.Errorf("LOG_LEVEL=%q: want debug, info, warn or error", get("LOG_LEVEL")))
+	}
+	if c.LogFormat != "json" && c.LogFormat != "text" {
+		errs = append(errs, fmt.Errorf("LOG_FORMAT=%q: want json or text", c.LogFormat))
+	}
+	if len(errs) > 0 {
+		return Config{}, fmt.Errorf("configuration: %w", errors.Join(errs...))
+	}
+	return c, nil
+}
+
+// RequireExternal reports the variables a production binary needs but that are empty. The devstack
+// fills them with its embedded servers instead.
+func (c Config) RequireExternal() error {
+	var missing []string
+	if len(c.KafkaBrokers) == 0 {
+		missing = append(missing, "KAFKA_BROKERS")
+	}
+	if c.MongoURI == "" {
+		missing = append(missing, "MONGO_URI")
+	}
+	if c.RedisURL == "" {
+		missing = append(missing, "REDIS_URL")
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("configuration: %s must be set (or use `make run` for the embedded dev stack)", strings.Join(missing, ", "))
+	}
+	return nil
+}

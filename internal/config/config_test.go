@@ -1,0 +1,147 @@
+package config
+
+import (
+	"log/slog"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+func env(m map[string]string) Getenv { return func(k string) string { return m[k] } }
+
+func TestLoadDefaults(t *testing.T) {
+	c, err := Load(env(nil))
+	if err != nil {
+		t.Fatalf("Load with no environment: %v", err)
+	}
+	checks := []struct {
+		name      string
+		got, want any
+	}{
+		{"GRPC_ADDR", c.GRPCAddr, ":9090"},
+		{"HTTP_ADDR", c.HTTPAddr, ":8080"},
+		{"METRICS_ADDR", c.MetricsAddr, ":9464"},
+		{"MONGO_DATABASE", c.MongoDatabase, "platform"},
+		{"SHUTDOWN_TIMEOUT", c.ShutdownTimeout, 30 * time.Second},
+		{"HEALTH_CHECK_TIMEOUT", c.HealthCheckTimeout, 5 * time.Second},
+		{"LOG_LEVEL", c.LogLevel, slog.LevelInfo},
+		{"LOG_FORMAT", c.LogFormat, "json"},
+		{"DEVSTACK_KAFKA_ADDR", c.Devstack.KafkaAddr, "127.0.0.1:19092"},
+		{"DEVSTACK_MONGO_ADDR", c.Devstack.MongoAddr, "127.0.0.1:27018"},
+		{"DEVSTACK_REDIS_ADDR", c.Devstack.RedisAddr, "127.0.0.1:16379"},
+	}
+	for _, tc := range checks {
+		if tc.got != tc.want {
+			t.Errorf("%s default = %v, want %v", tc.name, tc.got, tc.want)
+		}
+	}
+	if len(c.KafkaBrokers) != 0 || c.MongoURI != "" || c.RedisURL != "" {
+		t.Errorf("external dependencies must default to empty (embedded in devstack), got %+v", c)
+	}
+	if err := c.RequireExternal(); err == nil || !strings.Contains(err.Error(), "KAFKA_BROKERS, MONGO_URI, REDIS_URL") {
+		t.Errorf("RequireExternal = %v, want it to name the three missing variables", err)
+	}
+}
+
+func TestLoadValues(t *testing.T) {
+	c, err := Load(env(map[string]string{
+		"KAFKA_BROKERS":    " k1:9092, k2:9092 ,",
+		"MONGO_URI":        "mongodb://user:secret@db:27017/?replicaSet=rs0",
+		"REDIS_URL":        "redis://redis:6379/0",
+		"SHUTDOWN_TIMEOUT": "45s",
+		"LOG_LEVEL":        "debug",
+		"LOG_FORMAT":       "TEXT",
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(c.KafkaBrokers, ",") != "k1:9092,k2:9092" {
+		t.Errorf("KafkaBrokers = %q", c.KafkaBrokers)
+	}
+	if c.ShutdownTimeout != 45*time.Second || c.LogLevel != slog.LevelDebug || c.LogFormat != "text" {
+		t.Errorf("got %v %v %q", c.ShutdownTimeout, c.LogLevel, c.LogFormat)
+	}
+	if err := c.RequireExternal(); err != nil {
+		t.Errorf("RequireExternal: %v", err)
+	}
+}
+
+func TestLoadRejectsBadValues(t *testing.T) {
+	tests := []struct {
+		name, value string
+	}{
+		{"GRPC_ADDR", "9090"},
+		{"HTTP_ADDR", "localhost"},
+		{"METRICS_ADDR", "no port"},
+		{"KAFKA_BROKERS", "k1:9092,k2"},
+		{"MONGO_URI", "postgres://db"},
+		{"REDIS_URL", "http://redis:6379"},
+		{"SHUTDOWN_TIMEOUT", "30"},
+		{"SHUTDOWN_DRAIN_DELAY", "-1s"},
+		{"HEALTH_CHECK_TIMEOUT", "0s"},
+		{"HEALTH_CHECK_INTERVAL", "soon"},
+		{"LOG_LEVEL", "loud"},
+		{"LOG_FORMAT", "xml"},
+		{"DEVSTACK_MONGO_ADDR", "27018"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Load(env(map[string]string{tc.name: tc.value}))
+			if err == nil {
+				t.Fatalf("%s=%q accepted", tc.name, tc.value)
+			}
+			if !strings.Contains(err.Error(), tc.name) {
+				t.Errorf("error %q does not name %s", err, tc.name)
+			}
+		})
+	}
+}
+
+func TestLoadReportsEveryProblem(t *testing.T) {
+	_, err := Load(env(map[string]string{"GRPC_ADDR": "x", "LOG_FORMAT": "xml"}))
+	if err == nil || !strings.Contains(err.Error(), "GRPC_ADDR") || !strings.Contains(err.Error(), "LOG_FORMAT") {
+		t.Fatalf("want both variables named, got %v", err)
+	}
+}
+
+func TestErrorsNeverEchoSecrets(t *testing.T) {
+	_, err := Load(env(map[string]string{"MONGO_URI": "postgres://u:hunter2@db", "GRPC_ADDR": "x"}))
+	if err == nil || strings.Contains(err.Error(), "hunter2") {
+		t.Fatalf("error must not contain the password: %v", err)
+	}
+}
+
+func TestVarsAreKnownAndUnique(t *testing.T) {
+	seen := map[string]bool{}
+	for _, v := range Vars {
+		if seen[v.Name] {
+			t.Errorf("%s listed twice", v.Name)
+		}
+		seen[v.Name] = true
+		if !Known(v.Name) || v.Help == "" {
+			t.Errorf("%s: Known=%v help=%q", v.Name, Known(v.Name), v.Help)
+		}
+	}
+	if Known("NOT_A_VAR") {
+		t.Error("Known accepted an unknown name")
+	}
+}
+
+// TestREADMEListsEveryVariable keeps the README's configuration table in step with Vars.
+func TestREADMEListsEveryVariable(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range Vars {
+		def := "(empty)"
+		if v.Default != "" {
+			def = "`" + v.Default + "`"
+		}
+		row := "| `" + v.Name + "` | " + def + " | " + v.Help + " |"
+		if !strings.Contains(string(readme), row) {
+			t.Errorf("README.md lacks the row\n%s", row)
+		}
+	}
+}
