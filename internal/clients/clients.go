@@ -1,0 +1,101 @@
+// Package clients opens the connections a service needs (MongoDB, Redis, Kafka), describes them as
+// health dependencies, and closes them in order.
+package clients
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"go.mongodb.org/mongo-driver/v2/mongo"
+
+	"github.com/msgplatform/platform/internal/config"
+	"github.com/msgplatform/platform/internal/health"
+	"github.com/msgplatform/platform/internal/kafka"
+	"github.com/msgplatform/platform/internal/store"
+)
+
+// Dependency names, as reported by /v1/health and /readyz.
+const (
+	MongoDB       = "mongodb"
+	Redis         = "redis"
+	Kafka         = "kafka"
+	ChangeStreams = "change_streams"
+)
+
+// Clients are the open connections of one service.
+type Clients struct {
+	Mongo *mongo.Client
+	DB    *mongo.Database
+	Redis *redis.Client
+	Kafka *kgo.Client
+}
+
+// Open connects to MongoDB (waiting up to connectTimeout for it), Redis and Kafka. Redis and Kafka
+// clients connect lazily; their state shows in health.
+func Open(ctx context.Context, cfg config.Config, connectTimeout time.Duration, logger *slog.Logger) (*Clients, error) {
+	if err := cfg.RequireExternal(); err != nil {
+		return nil, err
+	}
+	redisOpts, err := redis.ParseURL(cfg.RedisURL)
+	if err != nil {
+		return nil, fmt.Errorf("REDIS_URL: %w", err)
+	}
+	kc, err := kafka.NewProducer(cfg.KafkaBrokers)
+	if err != nil {
+		return nil, err
+	}
+	cctx, cancel := context.WithTimeout(ctx, connectTimeout)
+	defer cancel()
+	mc, err := store.Connect(cctx, cfg.MongoURI)
+	if err != nil {
+		kc.Close()
+		return nil, err
+	}
+	logger.Info("connected", "mongodb", store.RedactURI(cfg.MongoURI), "database", cfg.MongoDatabase,
+		"kafka", cfg.KafkaBrokers, "redis", redisOpts.Addr)
+	return &Clients{Mongo: mc, DB: mc.Database(cfg.MongoDatabase), Redis: redis.NewClient(redisOpts), Kafka: kc}, nil
+}
+
+// Dependencies describes the connections as health checks. MongoDB, Redis and Kafka are required;
+// change streams are optional (reported "unsupported" on FerretDB, and the server stays ready).
+func (c *Clients) Dependencies() []health.Dependency {
+	return []health.Dependency{
+		{Name: MongoDB, Required: true, Check: func(ctx context.Context) error { return store.Ping(ctx, c.Mongo) }},
+		{Name: Redis, Required: true, Check: func(ctx context.Context) error {
+			if err := c.Redis.Ping(ctx).Err(); err != nil {
+				return fmt.Errorf("ping redis: %w", err)
+			}
+			return nil
+		}},
+		{Name: Kafka, Required: true, Check: func(ctx context.Context) error { return kafka.Ping(ctx, c.Kafka) }},
+		{Name: ChangeStreams, Check: func(ctx context.Context) error {
+			err := store.CheckChangeStreams(ctx, c.DB)
+			if errors.Is(err, store.ErrNoChangeStreams) {
+				return fmt.Errorf("%w: %w", health.ErrUnsupported, err)
+			}
+			return err
+		}},
+	}
+}
+
+// Close flushes the Kafka producer (bounded by ctx) and closes every client. Flushing first means a
+// record accepted before shutdown still reaches Kafka.
+func (c *Clients) Close(ctx context.Context) error {
+	var errs []error
+	if err := c.Kafka.Flush(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("flush kafka producer: %w", err))
+	}
+	c.Kafka.Close()
+	if err := c.Redis.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("close redis: %w", err))
+	}
+	if err := c.Mongo.Disconnect(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("disconnect mongodb: %w", err))
+	}
+	return errors.Join(errs...)
+}

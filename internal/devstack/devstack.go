@@ -1,0 +1,77 @@
+// Package devstack runs the whole platform in one process for `make run` and the end-to-end tests:
+// embedded Kafka (kfake), MongoDB-wire (FerretDB on SQLite) and Redis (miniredis) for whichever of
+// KAFKA_BROKERS, MONGO_URI and REDIS_URL is empty, then the gateway through exactly the production wiring.
+package devstack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+
+	"github.com/msgplatform/platform/internal/config"
+	"github.com/msgplatform/platform/internal/embedded"
+	"github.com/msgplatform/platform/internal/kafka"
+	"github.com/msgplatform/platform/internal/server"
+)
+
+// Addresses are where a running devstack can be reached.
+type Addresses struct {
+	GRPC, HTTP, Metrics string
+	Kafka               string // broker address
+	MongoURI            string
+	RedisURL            string
+	Embedded            []string // which of kafka, mongodb, redis are embedded
+}
+
+// Run starts the embedded servers the configuration leaves empty, serves the platform until ctx ends,
+// shuts it down in order and stops the embedded servers last. onReady sees the addresses once serving.
+func Run(ctx context.Context, cfg config.Config, logger *slog.Logger, onReady func(Addresses)) (err error) {
+	var addrs Addresses
+	var closers []func()
+	defer func() {
+		for i := len(closers) - 1; i >= 0; i-- {
+			closers[i]()
+		}
+	}()
+
+	if len(cfg.KafkaBrokers) == 0 {
+		k, err := embedded.StartKafka(cfg.Devstack.KafkaAddr, kafka.Topics)
+		if err != nil {
+			return fmt.Errorf("embedded kafka on DEVSTACK_KAFKA_ADDR %s: %w", cfg.Devstack.KafkaAddr, err)
+		}
+		closers = append(closers, k.Close)
+		cfg.KafkaBrokers = []string{k.Addr()}
+		addrs.Embedded = append(addrs.Embedded, "kafka")
+	}
+	if cfg.MongoURI == "" {
+		m, err := embedded.StartMongo(ctx, cfg.Devstack.MongoAddr, cfg.Devstack.DataDir, logger)
+		if err != nil {
+			return fmt.Errorf("embedded mongodb (FerretDB) on DEVSTACK_MONGO_ADDR %s: %w", cfg.Devstack.MongoAddr, err)
+		}
+		closers = append(closers, m.Close)
+		cfg.MongoURI = m.URI()
+		addrs.Embedded = append(addrs.Embedded, "mongodb")
+	}
+	if cfg.RedisURL == "" {
+		r, err := embedded.StartRedis(cfg.Devstack.RedisAddr)
+		if err != nil {
+			return fmt.Errorf("embedded redis on DEVSTACK_REDIS_ADDR %s: %w", cfg.Devstack.RedisAddr, err)
+		}
+		closers = append(closers, r.Close)
+		cfg.RedisURL = r.URL()
+		addrs.Embedded = append(addrs.Embedded, "redis")
+	}
+	addrs.Kafka, addrs.MongoURI, addrs.RedisURL = cfg.KafkaBrokers[0], cfg.MongoURI, cfg.RedisURL
+
+	err = server.Serve(ctx, cfg, logger, func(s *server.Server) {
+		addrs.GRPC, addrs.HTTP, addrs.Metrics = s.GRPCAddr(), s.HTTPAddr(), s.MetricsAddr()
+		if onReady != nil {
+			onReady(addrs)
+		}
+	})
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}

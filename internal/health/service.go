@@ -1,0 +1,120 @@
+package health
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+
+	platformv1 "github.com/msgplatform/platform/gen/platform/v1"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// Service implements platform.v1.HealthService from the checker's cached results.
+type Service struct {
+	platformv1.UnimplementedHealthServiceServer
+	checker *Checker
+}
+
+// NewService returns the HealthService over checker.
+func NewService(checker *Checker) *Service { return &Service{checker: checker} }
+
+// GetHealth reports the overall status and every dependency's latest check.
+func (s *Service) GetHealth(context.Context, *platformv1.GetHealthRequest) (*platformv1.GetHealthResponse, error) {
+	snap := s.checker.Snapshot()
+	resp := &platformv1.GetHealthResponse{Draining: snap.Draining, Status: overall(snap)}
+	for _, r := range snap.Results {
+		d := &platformv1.Dependency{
+			Name:      r.Name,
+			Status:    dependencyStatus(r.Status),
+			Required:  r.Required,
+			LastError: r.LastError,
+			Detail:    r.Detail,
+		}
+		if !r.CheckedAt.IsZero() {
+			d.Latency = durationpb.New(r.Latency)
+			d.CheckTime = timestamppb.New(r.CheckedAt)
+		}
+		resp.Dependencies = append(resp.Dependencies, d)
+	}
+	return resp, nil
+}
+
+func overall(s Snapshot) platformv1.ServingStatus {
+	switch {
+	case !s.Ready():
+		return platformv1.ServingStatus_SERVING_STATUS_NOT_SERVING
+	case s.Degraded():
+		return platformv1.ServingStatus_SERVING_STATUS_DEGRADED
+	default:
+		return platformv1.ServingStatus_SERVING_STATUS_SERVING
+	}
+}
+
+func dependencyStatus(s Status) platformv1.DependencyStatus {
+	switch s {
+	case StatusUp:
+		return platformv1.DependencyStatus_DEPENDENCY_STATUS_UP
+	case StatusDown:
+		return platformv1.DependencyStatus_DEPENDENCY_STATUS_DOWN
+	case StatusUnsupported:
+		return platformv1.DependencyStatus_DEPENDENCY_STATUS_UNSUPPORTED
+	default:
+		return platformv1.DependencyStatus_DEPENDENCY_STATUS_UNSPECIFIED
+	}
+}
+
+// StatusSetter is the part of grpc's health.Server the checker drives.
+type StatusSetter interface {
+	SetServingStatus(service string, status healthpb.HealthCheckResponse_ServingStatus)
+}
+
+// FollowChecker keeps the grpc.health.v1 statuses in step with the checker: "" (the whole server) is
+// SERVING when the server is ready; each named service is SERVING when the dependencies it needs are up
+// and the server is not draining.
+func FollowChecker(c *Checker, hs StatusSetter, needs map[string][]string) {
+	c.Watch(func(s Snapshot) {
+		hs.SetServingStatus("", servingStatus(s.Ready()))
+		for svc, deps := range needs {
+			hs.SetServingStatus(svc, servingStatus(!s.Draining && s.Up(deps...)))
+		}
+	})
+}
+
+func servingStatus(ok bool) healthpb.HealthCheckResponse_ServingStatus {
+	if ok {
+		return healthpb.HealthCheckResponse_SERVING
+	}
+	return healthpb.HealthCheckResponse_NOT_SERVING
+}
+
+// HTTPHandler serves /healthz (liveness: 200 while the process runs) and /readyz (readiness: 200 when
+// every required dependency is up and the server is not draining, else 503 naming what fails).
+func HTTPHandler(c *Checker) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]any{"status": "alive"})
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		s := c.Snapshot()
+		if s.Ready() {
+			writeJSON(w, http.StatusOK, map[string]any{"status": "ready"})
+			return
+		}
+		body := map[string]any{"status": "not ready", "failing": s.Failing()}
+		if s.Draining {
+			body["status"] = "draining"
+		}
+		w.Header().Set("Retry-After", "5")
+		writeJSON(w, http.StatusServiceUnavailable, body)
+	})
+	return mux
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}

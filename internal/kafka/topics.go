@@ -1,0 +1,15 @@
+// Package kafka builds the franz-go clients the services use and names the platform's topics.
+package kafka
+
+// Topic names are part of the contract (ARCHITECTURE.md): other services and operators' tools use them.
+const (
+	// TopicInbound carries platform.v1.InboundMessage records from SendMessage, keyed by conversation id.
+	TopicInbound = "messages.inbound"
+	// TopicEvents carries platform.v1.Event records (persisted, updated, deleted, membership changes).
+	TopicEvents = "messages.events"
+	// TopicDLQ carries records that failed in the pipeline, with dlq.* headers.
+	TopicDLQ = "messages.dlq"
+)
+
+// Topics lists every topic the platform uses, for clusters that must be seeded (devstack, tests).
+var Topics = []string{TopicInbound, TopicEvents, TopicDLQ}

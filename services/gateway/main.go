@@ -1,0 +1,29 @@
+// Command gateway serves the platform.v1 API over gRPC and REST (grpc-gateway), with grpc.health.v1,
+// reflection, /healthz, /readyz and /metrics. Configuration comes from the environment (see README).
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+
+	"github.com/msgplatform/platform/internal/config"
+	"github.com/msgplatform/platform/internal/lifecycle"
+	"github.com/msgplatform/platform/internal/observability"
+	"github.com/msgplatform/platform/internal/server"
+)
+
+func main() {
+	cfg, err := config.FromEnv()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "gateway:", err)
+		os.Exit(2)
+	}
+	logger := observability.NewLogger(os.Stderr, cfg.LogLevel, cfg.LogFormat)
+	ctx, stop := lifecycle.SignalContext(context.Background(), logger)
+	defer stop()
+	if err := server.Serve(ctx, cfg, logger, nil); err != nil {
+		logger.Error("gateway failed", "error", err)
+		os.Exit(1)
+	}
+}
