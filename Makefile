@@ -46,8 +46,16 @@ check-generated: generate ## fail when gen/ differs from what proto/ generates
 		git ls-files --others --exclude-standard gen; echo "gen/ has files not committed: run 'make generate' and commit them"; exit 1; fi
 
 .PHONY: breaking
-breaking: tools ## buf breaking against the main branch (offline)
-	$(BUF) breaking proto --against '.git#branch=main,subdir=proto'
+# The Google protos are git-ignored, so buf cannot build main straight from .git: export main's proto/
+# and buf.yaml, add the same third-party protos, build that module to an image and compare against it.
+BREAKING_AGAINST ?= main
+breaking: tools ## buf breaking of the proto module against the main branch (offline)
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	git archive $(BREAKING_AGAINST) proto buf.yaml | tar -x -C "$$tmp" && \
+	mkdir -p "$$tmp/proto/third_party" && cp -R $(THIRD)/. "$$tmp/proto/third_party/" && \
+	(cd "$$tmp" && $(BUF) build proto -o image.binpb) && \
+	$(BUF) build proto -o "$$tmp/current.binpb" && \
+	$(BUF) breaking "$$tmp/current.binpb" --against "$$tmp/image.binpb" && echo "no breaking changes against $(BREAKING_AGAINST)"
 
 .PHONY: lint
 lint: tools ## go vet + buf lint + buf format check
