@@ -92,7 +92,7 @@ type Mongo struct {
 var ferretNewMu sync.Mutex
 
 // StartMongo starts FerretDB with the SQLite handler, keeping data in dataDir (created if missing), and
-// serving the MongoDB wire protocol on addr. An empty dataDir keeps data in memory only. A server started
+// serving the MongoDB wire protocol on addr, with its SQLite files in dataDir. A server started
 // again on the same dataDir sees the data written before Close. Only FerretDB's error-level logs reach
 // logger (a nil logger discards them): at warning level it dumps whole wire messages for every command it
 // does not implement, e.g. the driver's endSessions on each Disconnect.
@@ -103,8 +103,13 @@ func StartMongo(ctx context.Context, addr, dataDir string, logger *slog.Logger) 
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("mongo: start: %w", err)
 	}
-	sqliteURL := "file:/?mode=memory"
-	if dataDir != "" {
+	// No in-memory mode: FerretDB's in-memory SQLite has a single connection, and every update waits on
+	// it forever.
+	if dataDir == "" {
+		return nil, errors.New("mongo: a data directory is required")
+	}
+	var sqliteURL string
+	{
 		abs, err := filepath.Abs(dataDir)
 		if err != nil {
 			return nil, fmt.Errorf("mongo: data dir: %w", err)

@@ -3,7 +3,7 @@
 //
 // Mongo and Redis can be stopped and started again on the same port (StartMongoServer, StartRedisServer)
 // so tests can simulate outages. Tests that only need a database should prefer SharedMongo plus
-// MongoDatabase: one in-memory FerretDB per test binary, a fresh database per test.
+// MongoDatabase: one FerretDB per test binary, a fresh database per test.
 package testenv
 
 import (
@@ -127,7 +127,7 @@ var shared struct {
 }
 
 // SharedMongo returns the URI of a FerretDB server shared by every test in this test binary, started on
-// first use and keeping data in memory. Pair it with MongoDatabase so tests do not see each other's data,
+// first use, with its files in a folder of the OS temp dir. Pair it with MongoDatabase so tests do not see each other's data,
 // and never stop it (use StartMongoServer for outages). It lives until the test binary exits, so goleak
 // users should ignore its goroutines or use Mongo instead.
 func SharedMongo(t testing.TB) string {
@@ -135,7 +135,13 @@ func SharedMongo(t testing.TB) string {
 	shared.once.Do(func() {
 		// Outlives any one test, so it cannot log through t.
 		logger := slog.New(slog.NewTextHandler(os.Stderr, nil))
-		shared.srv, shared.err = embedded.StartMongo(context.Background(), "127.0.0.1:0", "", logger)
+		// Outlives every test, so it cannot use t.TempDir; the folder stays in the OS temp dir.
+		dir, err := os.MkdirTemp("", "platform-testenv-mongo-")
+		if err != nil {
+			shared.err = err
+			return
+		}
+		shared.srv, shared.err = embedded.StartMongo(context.Background(), "127.0.0.1:0", dir, logger)
 	})
 	if shared.err != nil {
 		t.Fatalf("testenv: start shared mongo: %v", shared.err)
