@@ -1,0 +1,136 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"go.mongodb.org/mongo-driver/v2/bson"
+	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
+)
+
+// Sentinel errors of the repositories. Callers test them with errors.Is; the API maps them to status codes
+// in one place.
+var (
+	// ErrNotFound: no such document in the caller's tenant. Another tenant's document is ErrNotFound too,
+	// so a caller cannot learn that it exists.
+	ErrNotFound = errors.New("not found")
+	// ErrConflict: an optimistic-concurrency precondition (expected version) did not hold.
+	ErrConflict = errors.New("version conflict")
+	// ErrAlreadyExists: a document with the same unique key is already stored.
+	ErrAlreadyExists = errors.New("already exists")
+)
+
+// Collection names.
+const (
+	ConversationsCollection = "conversations"
+	MembershipsCollection   = "memberships"
+	MessagesCollection      = "messages"
+)
+
+// Store groups the tenant-scoped repositories over one database. It holds no policy: permission checks
+// belong to its callers. Every read and write is filtered by tenant id.
+type Store struct {
+	Conversations *Conversations
+	Members       *Members
+	Messages      *Messages
+
+	core *storeCore
+}
+
+// storeCore is what the repositories share: the collections and the clock.
+type storeCore struct {
+	db            *mongo.Database
+	conversations *mongo.Collection
+	memberships   *mongo.Collection
+	messages      *mongo.Collection
+	clock         func() time.Time
+}
+
+// New returns the repositories over db. It does no I/O; call EnsureIndexes once at start-up.
+func New(db *mongo.Database) *Store {
+	core := &storeCore{
+		db:            db,
+		conversations: db.Collection(ConversationsCollection),
+		memberships:   db.Collection(MembershipsCollection),
+		messages:      db.Collection(MessagesCollection),
+		clock:         time.Now,
+	}
+	return &Store{
+		Conversations: &Conversations{core: core},
+		Members:       &Members{core: core},
+		Messages:      &Messages{core: core},
+		core:          core,
+	}
+}
+
+// SetClock replaces the clock used for create, update and delete times the callers do not pass in
+// (tests). Call it before the store is used.
+func (s *Store) SetClock(now func() time.Time) { s.core.clock = now }
+
+// Database returns the database the store works on.
+func (s *Store) Database() *mongo.Database { return s.core.db }
+
+// now returns the clock's time as MongoDB stores it: UTC, millisecond precision, so what a write
+// returns equals what a later read returns.
+func (c *storeCore) now() time.Time { return storeTime(c.clock()) }
+
+func storeTime(t time.Time) time.Time { return t.UTC().Truncate(time.Millisecond) }
+
+func storeTimePtr(t *time.Time) *time.Time {
+	if t == nil {
+		return nil
+	}
+	v := storeTime(*t)
+	return &v
+}
+
+// indexSpec is one index of EnsureIndexes. Names are left to the server's default (keys joined with
+// their directions), so an index another component declares with the same keys is the same index.
+type indexSpec struct {
+	collection string
+	keys       bson.D
+	unique     bool
+}
+
+// Indexes the repositories rely on. Changing the keys or options of an existing one needs a migration
+// (drop it first): MongoDB refuses to redefine an index under the same name.
+var indexSpecs = []indexSpec{
+	// Get, Update, Archive by tenant and id; ListForUser's $in lookup.
+	{collection: ConversationsCollection, keys: bson.D{{Key: "tenant_id", Value: 1}, {Key: "_id", Value: 1}}},
+	// One membership per user and conversation; Members.List (keyset by user id); CountOwners.
+	{collection: MembershipsCollection, keys: bson.D{{Key: "tenant_id", Value: 1}, {Key: "conversation_id", Value: 1}, {Key: "user_id", Value: 1}}, unique: true},
+	// ListForUser (keyset by conversation id, walked backwards for newest first).
+	{collection: MembershipsCollection, keys: bson.D{{Key: "tenant_id", Value: 1}, {Key: "user_id", Value: 1}, {Key: "conversation_id", Value: 1}}},
+	// Messages.List: newest first within a conversation, keyset by id.
+	{collection: MessagesCollection, keys: bson.D{{Key: "tenant_id", Value: 1}, {Key: "conversation_id", Value: 1}, {Key: "_id", Value: -1}}},
+}
+
+// EnsureIndexes creates the indexes the repositories need. It is idempotent (creating an existing index
+// with the same keys and options is a no-op), so it is safe to call at every start-up.
+func (s *Store) EnsureIndexes(ctx context.Context) error {
+	for _, spec := range indexSpecs {
+		model := mongo.IndexModel{Keys: spec.keys}
+		if spec.unique {
+			model.Options = options.Index().SetUnique(true)
+		}
+		if _, err := s.core.db.Collection(spec.collection).Indexes().CreateOne(ctx, model); err != nil {
+			return fmt.Errorf("ensure index %v on %s: %w", spec.keys, spec.collection, err)
+		}
+	}
+	return nil
+}
+
+// errMissing reports a required identifier the caller left empty; it is a programming error of the
+// caller, not a condition of the data.
+func errMissing(what string) error { return fmt.Errorf("%s is empty", what) }
+
+// notFound maps the driver's "no documents" to ErrNotFound and leaves other errors as they are.
+func notFound(err error) error {
+	if errors.Is(err, mongo.ErrNoDocuments) {
+		return ErrNotFound
+	}
+	return err
+}
