@@ -9,6 +9,11 @@ BUF       := $(CURDIR)/tools/node_modules/.bin/buf
 PROTO_SRC := $(CURDIR)/tools/node_modules/google-proto-files
 THIRD     := $(CURDIR)/proto/third_party
 TEST_FLAGS ?= -count=1 -timeout 15m
+# HS256 secret of the devstack (insecure, public); must equal auth.DevHMACSecret (a test checks it).
+DEV_HMAC_SECRET := devstack-insecure-hmac-secret-change-me-0123456789
+SUB    ?= alice
+TENANT ?= t1
+ROLES  ?= user
 # Google API protos our .proto files import (copied, not committed).
 GOOGLE_PROTOS := google/api/annotations.proto google/api/http.proto google/api/field_behavior.proto \
                  google/rpc/status.proto google/rpc/code.proto google/rpc/error_details.proto
@@ -74,6 +79,10 @@ test: ## the whole test suite (embedded Kafka and FerretDB, real redis-server)
 .PHONY: run
 run: ## start the whole platform with embedded Kafka, MongoDB-wire and Redis
 	$(GO) run ./services/devstack
+
+.PHONY: token
+token: ## print a dev JWT: make token SUB=alice TENANT=t1 ROLES=user (uses AUTH_HMAC_SECRET, default the devstack's)
+	@AUTH_HMAC_SECRET="$${AUTH_HMAC_SECRET:-$(DEV_HMAC_SECRET)}" $(GO) run ./services/token -sub "$(SUB)" -tenant "$(TENANT)" -roles "$(ROLES)"
 
 .PHONY: bench
 bench: ## run the benchmark harness
