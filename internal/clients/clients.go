@@ -45,7 +45,7 @@ func Open(ctx context.Context, cfg config.Config, connectTimeout time.Duration, 
 	if err != nil {
 		return nil, fmt.Errorf("REDIS_URL: %w", err)
 	}
-	kc, err := kafka.NewProducer(cfg.KafkaBrokers)
+	kc, err := kafka.NewProducer(cfg.KafkaBrokers, cfg.ProduceTimeout)
 	if err != nil {
 		return nil, err
 	}

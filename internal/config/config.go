@@ -20,10 +20,13 @@ type Config struct {
 	HTTPAddr    string
 	MetricsAddr string
 
-	KafkaBrokers  []string
-	MongoURI      string
-	MongoDatabase string
-	RedisURL      string
+	KafkaBrokers []string
+	// ProduceTimeout bounds how long a produce (SendMessage, events, DLQ) waits for Kafka's
+	// acknowledgement before failing, so a Kafka outage answers UNAVAILABLE instead of hanging.
+	ProduceTimeout time.Duration
+	MongoURI       string
+	MongoDatabase  string
+	RedisURL       string
 
 	AuthHMACSecret string
 	AuthJWKSFile   string
@@ -63,6 +66,7 @@ var Vars = []Var{
 	{"HTTP_ADDR", ":8080", "REST (grpc-gateway) listen address, with /healthz and /readyz"},
 	{"METRICS_ADDR", ":9464", "Prometheus /metrics listen address"},
 	{"KAFKA_BROKERS", "", "comma-separated seed brokers (host:port); required outside devstack"},
+	{"KAFKA_PRODUCE_TIMEOUT", "10s", "how long a produce waits for Kafka's acknowledgement before the call fails with UNAVAILABLE"},
 	{"MONGO_URI", "", "MongoDB connection string; required outside devstack"},
 	{"MONGO_DATABASE", "platform", "MongoDB database name"},
 	{"REDIS_URL", "", "Redis URL (redis://[:password@]host:port/db); required outside devstack"},
@@ -138,6 +142,7 @@ func Load(getenv Getenv) (Config, error) {
 		AuthJWKSFile:       get("AUTH_JWKS_FILE"),
 		AuthIssuer:         get("AUTH_ISSUER"),
 		AuthAudience:       get("AUTH_AUDIENCE"),
+		ProduceTimeout:     duration("KAFKA_PRODUCE_TIMEOUT"),
 		ShutdownTimeout:    duration("SHUTDOWN_TIMEOUT"),
 		DrainDelay:         duration("SHUTDOWN_DRAIN_DELAY"),
 		HealthCheckTimeout: duration("HEALTH_CHECK_TIMEOUT"),
@@ -169,6 +174,9 @@ func Load(getenv Getenv) (Config, error) {
 		if u, err := url.Parse(c.RedisURL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") {
 			errs = append(errs, errors.New("REDIS_URL: want a redis:// or rediss:// URL"))
 		}
+	}
+	if c.ProduceTimeout == 0 {
+		errs = append(errs, errors.New("KAFKA_PRODUCE_TIMEOUT: must be positive"))
 	}
 	if c.HealthCheckTimeout == 0 {
 		errs = append(errs, errors.New("HEALTH_CHECK_TIMEOUT: must be positive"))

@@ -3,16 +3,24 @@ package kafka
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
-// NewProducer returns a client for producing: idempotent, acks from all in-sync replicas (franz-go's
-// defaults, kept on purpose: a SendMessage answered OK must survive a broker failure).
-func NewProducer(brokers []string, extra ...kgo.Opt) (*kgo.Client, error) {
+// NewProducer returns a client for producing. Acks come from all in-sync replicas, so a SendMessage
+// answered OK survives a broker failure. A record not acknowledged within deliveryTimeout fails, so callers
+// answer UNAVAILABLE instead of waiting out an outage: franz-go cannot time out a record of an idempotent
+// producer once a request carrying it was sent, so idempotent writes are off. That is safe here because
+// every record carries its own message id and the store ignores a second copy; one request in flight per
+// broker keeps a partition's records in order across retries.
+func NewProducer(brokers []string, deliveryTimeout time.Duration, extra ...kgo.Opt) (*kgo.Client, error) {
 	opts := append([]kgo.Opt{
 		kgo.SeedBrokers(brokers...),
 		kgo.RequiredAcks(kgo.AllISRAcks()),
+		kgo.DisableIdempotentWrite(),
+		kgo.MaxProduceRequestsInflightPerBroker(1),
+		kgo.RecordDeliveryTimeout(deliveryTimeout),
 		kgo.ClientID("platform"),
 	}, extra...)
 	client, err := kgo.NewClient(opts...)

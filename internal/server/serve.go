@@ -6,9 +6,15 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/msgplatform/platform/internal/api"
+	"github.com/msgplatform/platform/internal/auth"
+	"github.com/msgplatform/platform/internal/authz"
 	"github.com/msgplatform/platform/internal/clients"
 	"github.com/msgplatform/platform/internal/config"
+	"github.com/msgplatform/platform/internal/events"
 	"github.com/msgplatform/platform/internal/observability"
+	"github.com/msgplatform/platform/internal/store"
+	"github.com/msgplatform/platform/internal/stream"
 )
 
 // connectTimeout bounds the wait for MongoDB at start-up.
@@ -22,12 +28,7 @@ func Serve(ctx context.Context, cfg config.Config, logger *slog.Logger, onReady 
 	if err != nil {
 		return err
 	}
-	srv, err := New(ctx, Options{
-		Config:       cfg,
-		Logger:       logger,
-		Registry:     observability.NewRegistry(),
-		Dependencies: cl.Dependencies(),
-	})
+	srv, err := build(ctx, cfg, logger, cl)
 	if err != nil {
 		_ = cl.Close(context.Background())
 		return err
@@ -46,4 +47,59 @@ func Serve(ctx context.Context, cfg config.Config, logger *slog.Logger, onReady 
 		}
 	}
 	return runErr
+}
+
+// build assembles the gateway over open clients: the store (indexes ensured), token verifier,
+// membership cache and authorizer, then the server.
+func build(ctx context.Context, cfg config.Config, logger *slog.Logger, cl *clients.Clients) (*Server, error) {
+	verifier, err := auth.NewVerifier(auth.Config{
+		HMACSecret: []byte(cfg.AuthHMACSecret),
+		JWKSFile:   cfg.AuthJWKSFile,
+		Issuer:     cfg.AuthIssuer,
+		Audience:   cfg.AuthAudience,
+	})
+	if err != nil {
+		return nil, err
+	}
+	st := store.New(cl.DB)
+	if err := st.EnsureIndexes(ctx); err != nil {
+		return nil, fmt.Errorf("mongodb indexes: %w", err)
+	}
+	reg := observability.NewRegistry()
+	dir := authz.StoreDirectory{Store: st}
+	members, err := authz.NewMembershipCache(cl.Redis, dir, authz.CacheConfig{}, reg, logger)
+	if err != nil {
+		return nil, err
+	}
+	authorizer, err := authz.NewAuthorizer(members, dir, reg)
+	if err != nil {
+		return nil, err
+	}
+	publisher, err := events.NewPublisher(cl.Kafka, reg)
+	if err != nil {
+		return nil, err
+	}
+	hub, err := stream.NewHub(cfg.KafkaBrokers, reg, logger)
+	if err != nil {
+		return nil, fmt.Errorf("stream hub: %w", err)
+	}
+	deps := api.Deps{Store: st, Members: members, Events: publisher, Logger: logger}
+	srv, err := New(ctx, Options{
+		Services: Services{
+			Conversations: api.NewConversations(deps),
+			Messages:      api.NewMessages(deps, cl.Kafka, api.NewSendKeys(cl.Redis), hub, authorizer),
+		},
+		Workers:      []func(context.Context){hub.Run},
+		Config:       cfg,
+		Logger:       logger,
+		Registry:     reg,
+		Dependencies: cl.Dependencies(),
+		Verifier:     verifier,
+		Authorizer:   authorizer,
+	})
+	if err != nil {
+		hub.Close()
+		return nil, err
+	}
+	return srv, nil
 }

@@ -27,6 +27,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	platformv1 "github.com/msgplatform/platform/gen/platform/v1"
+	"github.com/msgplatform/platform/internal/authz"
 	"github.com/msgplatform/platform/internal/config"
 	"github.com/msgplatform/platform/internal/health"
 	"github.com/msgplatform/platform/internal/observability"
@@ -48,6 +49,12 @@ type Options struct {
 	Registry     *prometheus.Registry
 	Dependencies []health.Dependency
 	Services     Services
+	// Verifier authenticates bearer tokens; Authorizer decides by the access rules.
+	Verifier   authz.TokenVerifier
+	Authorizer *authz.Authorizer
+	// Workers run beside the server (e.g. the stream hub). Their context ends after the drain delay and
+	// before the listeners stop, so live streams end cleanly instead of holding up GracefulStop.
+	Workers []func(context.Context)
 }
 
 // ServiceNeeds maps each gRPC service name to the dependencies it cannot work without; grpc.health.v1
@@ -71,11 +78,12 @@ type Server struct {
 	conn    *grpc.ClientConn // the REST gateway's connection to grpc
 
 	grpcLis, httpLis, metricsLis net.Listener
+	workers                      []func(context.Context)
 }
 
 // New builds the server and binds its three listeners, so a port clash fails here, before anything runs.
 func New(ctx context.Context, opts Options) (*Server, error) {
-	s := &Server{cfg: opts.Config, logger: opts.Logger}
+	s := &Server{cfg: opts.Config, logger: opts.Logger, workers: opts.Workers}
 	s.checker = health.NewChecker(opts.Dependencies, s.cfg.HealthInterval, s.cfg.HealthCheckTimeout, s.logger)
 
 	var err error
@@ -96,14 +104,19 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 		s.closeListeners()
 		return nil, fmt.Errorf("register grpc metrics: %w", err)
 	}
-	s.grpc = newGRPCServer(s.logger, grpcMetrics)
+	access := authz.NewInterceptor(opts.Verifier, opts.Authorizer)
+	s.grpc = newGRPCServer(s.logger, grpcMetrics, access)
 	registerServices(s.grpc, opts.Services, s.checker)
-	grpcMetrics.InitializeMetrics(s.grpc)
-
 	hs := grpchealth.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, hs)
 	health.FollowChecker(s.checker, hs, ServiceNeeds)
 	reflection.Register(s.grpc)
+	grpcMetrics.InitializeMetrics(s.grpc)
+	// Default deny: refuse to start when any registered method lacks an access rule.
+	if err := access.LoadRules(s.grpc.GetServiceInfo()); err != nil {
+		s.closeListeners()
+		return nil, err
+	}
 
 	rest, conn, err := newRESTGateway(ctx, dialTarget(s.grpcLis.Addr()))
 	if err != nil {
@@ -121,7 +134,7 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	return s, nil
 }
 
-func newGRPCServer(logger *slog.Logger, metrics *grpcprom.ServerMetrics) *grpc.Server {
+func newGRPCServer(logger *slog.Logger, metrics *grpcprom.ServerMetrics, access *authz.Interceptor) *grpc.Server {
 	logOpts := []logging.Option{
 		logging.WithLogOnEvents(logging.FinishCall),
 		logging.WithFieldsFromContext(func(ctx context.Context) logging.Fields {
@@ -135,19 +148,22 @@ func newGRPCServer(logger *slog.Logger, metrics *grpcprom.ServerMetrics) *grpc.S
 		logger.ErrorContext(ctx, "panic in handler", "panic", fmt.Sprint(p), "request_id", requestid.From(ctx), "stack", string(debug.Stack()))
 		return status.Error(codes.Internal, "internal error")
 	})
-	// Order matters: the request id first so every later interceptor sees it; recovery last so a panic
-	// becomes INTERNAL before metrics and logs record the call.
+	// Order matters: the request id first so every later interceptor sees it; metrics and logging before
+	// access control so denied calls are counted and logged; recovery last so a panic becomes INTERNAL
+	// before metrics and logs record the call.
 	return grpc.NewServer(
 		grpc.ChainUnaryInterceptor(
 			requestid.UnaryServerInterceptor(),
 			metrics.UnaryServerInterceptor(),
 			logging.UnaryServerInterceptor(rpcLogger, logOpts...),
+			access.Unary(),
 			recovery.UnaryServerInterceptor(recoveryOpt),
 		),
 		grpc.ChainStreamInterceptor(
 			requestid.StreamServerInterceptor(),
 			metrics.StreamServerInterceptor(),
 			logging.StreamServerInterceptor(rpcLogger, logOpts...),
+			access.Stream(),
 			recovery.StreamServerInterceptor(recoveryOpt),
 		),
 	)
@@ -197,6 +213,11 @@ func (s *Server) Run(ctx context.Context) error {
 	checkCtx, stopChecks := context.WithCancel(context.Background())
 	defer stopChecks()
 	g.Go(func() error { s.checker.Run(checkCtx); return nil })
+	workerCtx, stopWorkers := context.WithCancel(context.Background())
+	defer stopWorkers()
+	for _, w := range s.workers {
+		g.Go(func() error { w(workerCtx); return nil })
+	}
 	g.Go(func() error {
 		if err := s.grpc.Serve(s.grpcLis); err != nil {
 			return fmt.Errorf("serve grpc: %w", err)
@@ -209,7 +230,7 @@ func (s *Server) Run(ctx context.Context) error {
 
 	g.Go(func() error {
 		<-gctx.Done()
-		s.shutdown()
+		s.shutdown(stopWorkers)
 		stopChecks()
 		return nil
 	})
@@ -223,11 +244,12 @@ func serveHTTP(srv *http.Server, lis net.Listener, name string) error {
 	return nil
 }
 
-func (s *Server) shutdown() {
+func (s *Server) shutdown(stopWorkers func()) {
 	start := time.Now()
 	s.checker.SetDraining()
 	s.logger.Info("draining: readiness is 503, grpc health NOT_SERVING", "drain_delay", s.cfg.DrainDelay.String())
 	time.Sleep(s.cfg.DrainDelay)
+	stopWorkers()
 
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
 	defer cancel()

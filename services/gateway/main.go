@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/msgplatform/platform/internal/auth"
 	"github.com/msgplatform/platform/internal/config"
 	"github.com/msgplatform/platform/internal/lifecycle"
 	"github.com/msgplatform/platform/internal/observability"
@@ -17,6 +18,10 @@ func main() {
 	cfg, err := config.FromEnv()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "gateway:", err)
+		os.Exit(2)
+	}
+	if cfg.AuthHMACSecret == auth.DevHMACSecret {
+		fmt.Fprintln(os.Stderr, "gateway: AUTH_HMAC_SECRET is the public development secret; set a real one (at least 32 random bytes)")
 		os.Exit(2)
 	}
 	logger := observability.NewLogger(os.Stderr, cfg.LogLevel, cfg.LogFormat)

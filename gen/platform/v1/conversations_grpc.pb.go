@@ -39,7 +39,7 @@ type ConversationServiceClient interface {
 	CreateConversation(ctx context.Context, in *CreateConversationRequest, opts ...grpc.CallOption) (*CreateConversationResponse, error)
 	// Returns one conversation the caller belongs to.
 	GetConversation(ctx context.Context, in *GetConversationRequest, opts ...grpc.CallOption) (*GetConversationResponse, error)
-	// Lists the conversations the caller belongs to, most recently updated first.
+	// Lists the conversations the caller belongs to, newest first (by creation).
 	ListConversations(ctx context.Context, in *ListConversationsRequest, opts ...grpc.CallOption) (*ListConversationsResponse, error)
 	// Updates the fields named in update_mask (title).
 	UpdateConversation(ctx context.Context, in *UpdateConversationRequest, opts ...grpc.CallOption) (*UpdateConversationResponse, error)
@@ -151,7 +151,7 @@ type ConversationServiceServer interface {
 	CreateConversation(context.Context, *CreateConversationRequest) (*CreateConversationResponse, error)
 	// Returns one conversation the caller belongs to.
 	GetConversation(context.Context, *GetConversationRequest) (*GetConversationResponse, error)
-	// Lists the conversations the caller belongs to, most recently updated first.
+	// Lists the conversations the caller belongs to, newest first (by creation).
 	ListConversations(context.Context, *ListConversationsRequest) (*ListConversationsResponse, error)
 	// Updates the fields named in update_mask (title).
 	UpdateConversation(context.Context, *UpdateConversationRequest) (*UpdateConversationResponse, error)

@@ -43,7 +43,10 @@ type InboundMessage struct {
 	// Request id of the SendMessage call.
 	RequestId string `protobuf:"bytes,8,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	// When the API accepted the message.
-	SendTime      *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=send_time,json=sendTime,proto3" json:"send_time,omitempty"`
+	SendTime *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=send_time,json=sendTime,proto3" json:"send_time,omitempty"`
+	// Platform roles of the sender's token at send time, so the pipeline's authorize stage decides exactly
+	// as the API did (a `service` sends without membership).
+	SenderRoles   []string `protobuf:"bytes,10,rep,name=sender_roles,json=senderRoles,proto3" json:"sender_roles,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -137,6 +140,13 @@ func (x *InboundMessage) GetRequestId() string {
 func (x *InboundMessage) GetSendTime() *timestamppb.Timestamp {
 	if x != nil {
 		return x.SendTime
+	}
+	return nil
+}
+
+func (x *InboundMessage) GetSenderRoles() []string {
+	if x != nil {
+		return x.SenderRoles
 	}
 	return nil
 }
@@ -313,7 +323,7 @@ var File_platform_v1_events_proto protoreflect.FileDescriptor
 
 const file_platform_v1_events_proto_rawDesc = "" +
 	"\n" +
-	"\x18platform/v1/events.proto\x12\vplatform.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fplatform/v1/conversations.proto\x1a\x1cplatform/v1/event_type.proto\x1a\x1aplatform/v1/messages.proto\"\x9f\x03\n" +
+	"\x18platform/v1/events.proto\x12\vplatform.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fplatform/v1/conversations.proto\x1a\x1cplatform/v1/event_type.proto\x1a\x1aplatform/v1/messages.proto\"\xc2\x03\n" +
 	"\x0eInboundMessage\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
 	"\ttenant_id\x18\x02 \x01(\tR\btenantId\x12'\n" +
@@ -324,7 +334,9 @@ const file_platform_v1_events_proto_rawDesc = "" +
 	"\bmetadata\x18\a \x03(\v2).platform.v1.InboundMessage.MetadataEntryR\bmetadata\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\b \x01(\tR\trequestId\x127\n" +
-	"\tsend_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\bsendTime\x1a;\n" +
+	"\tsend_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\bsendTime\x12!\n" +
+	"\fsender_roles\x18\n" +
+	" \x03(\tR\vsenderRoles\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xab\x03\n" +

@@ -1,0 +1,307 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	platformv1 "github.com/msgplatform/platform/gen/platform/v1"
+	"github.com/msgplatform/platform/internal/auth"
+	"github.com/msgplatform/platform/internal/authz"
+	"github.com/msgplatform/platform/internal/kafka"
+	"github.com/msgplatform/platform/internal/requestid"
+	"github.com/msgplatform/platform/internal/resources"
+	"github.com/msgplatform/platform/internal/store"
+	"github.com/msgplatform/platform/internal/stream"
+)
+
+// Limits of a message (documented in the README).
+const (
+	MaxBodyBytes      = 16 << 10
+	MaxMetadata       = 16
+	MaxMetadataKey    = 64
+	MaxMetadataValue  = 512
+	MaxClientMsgIDLen = 128
+)
+
+// Producer is the part of a franz-go client SendMessage uses.
+type Producer interface {
+	ProduceSync(ctx context.Context, rs ...*kgo.Record) kgo.ProduceResults
+}
+
+// Messages implements platform.v1.MessageService.
+type Messages struct {
+	platformv1.UnimplementedMessageServiceServer
+	Deps
+	producer Producer
+	keys     *SendKeys
+	hub      *stream.Hub
+	authz    *authz.Authorizer
+}
+
+// NewMessages returns the MessageService handler.
+func NewMessages(d Deps, producer Producer, keys *SendKeys, hub *stream.Hub, authorizer *authz.Authorizer) *Messages {
+	if d.Now == nil {
+		d.Now = time.Now
+	}
+	return &Messages{Deps: d, producer: producer, keys: keys, hub: hub, authz: authorizer}
+}
+
+func validBody(v *violations, field, body string) {
+	switch {
+	case strings.TrimSpace(body) == "":
+		v.add(field, "must not be empty")
+	case len(body) > MaxBodyBytes:
+		v.add(field, "at most %d bytes (got %d)", MaxBodyBytes, len(body))
+	case !utf8.ValidString(body):
+		v.add(field, "must be UTF-8")
+	}
+}
+
+func validateSend(req *platformv1.SendMessageRequest) error {
+	var v violations
+	validBody(&v, "body", req.GetBody())
+	if n := len(req.GetClientMessageId()); n > MaxClientMsgIDLen {
+		v.add("client_message_id", "at most %d bytes", MaxClientMsgIDLen)
+	}
+	if len(req.GetMetadata()) > MaxMetadata {
+		v.add("metadata", "at most %d entries", MaxMetadata)
+	}
+	for k, val := range req.GetMetadata() {
+		switch {
+		case k == "" || len(k) > MaxMetadataKey:
+			v.add("metadata", "keys are 1 to %d bytes", MaxMetadataKey)
+		case len(val) > MaxMetadataValue:
+			v.add("metadata["+k+"]", "at most %d bytes", MaxMetadataValue)
+		}
+	}
+	return v.err()
+}
+
+// SendMessage validates the message, publishes it to messages.inbound and answers once Kafka has
+// acknowledged it. A repeated client_message_id returns the first send's id and publishes nothing.
+func (s *Messages) SendMessage(ctx context.Context, req *platformv1.SendMessageRequest) (*platformv1.SendMessageResponse, error) {
+	p, err := principal(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := validateSend(req); err != nil {
+		return nil, err
+	}
+	convID := req.GetConversationId()
+	c, err := s.Store.Conversations.Get(ctx, p.TenantID, convID)
+	if err != nil {
+		return nil, storeError(ctx, s.Logger, "conversation", err)
+	}
+	if c.State == store.ConversationArchived {
+		return nil, status.Error(codes.FailedPrecondition, "conversation is archived: it takes no new messages")
+	}
+
+	now := s.Now()
+	id := newID()
+	var key string
+	if cmid := req.GetClientMessageId(); cmid != "" {
+		key = sendKey(p.TenantID, convID, p.Subject, cmid)
+		earlier, claimed, err := s.keys.Claim(ctx, key, id)
+		if err != nil {
+			s.Logger.WarnContext(ctx, "idempotency store unavailable", "error", err)
+			return nil, status.Error(codes.Unavailable, "cannot guarantee client_message_id idempotency right now; retry later")
+		}
+		if !claimed {
+			return &platformv1.SendMessageResponse{MessageId: earlier.ID, State: platformv1.MessageState_MESSAGE_STATE_ACCEPTED,
+				CreateTime: timestamppb.New(earlier.Time), Duplicate: true}, nil
+		}
+	}
+
+	in := &platformv1.InboundMessage{
+		Id: id, TenantId: p.TenantID, ConversationId: convID, SenderId: p.Subject, Body: req.GetBody(),
+		ClientMessageId: req.GetClientMessageId(), Metadata: req.GetMetadata(), RequestId: requestid.From(ctx),
+		SendTime: timestamppb.New(now), SenderRoles: p.Roles,
+	}
+	value, err := proto.Marshal(in)
+	if err != nil {
+		return nil, status.Error(codes.Internal, "encode message")
+	}
+	rec := &kgo.Record{Topic: kafka.TopicInbound, Key: []byte(convID), Value: value, Headers: []kgo.RecordHeader{
+		{Key: "content-type", Value: []byte("application/x-protobuf")},
+		{Key: requestid.Header, Value: []byte(in.GetRequestId())},
+	}}
+	if err := s.producer.ProduceSync(ctx, rec).FirstErr(); err != nil {
+		if key != "" {
+			if rerr := s.keys.Release(context.WithoutCancel(ctx), key, id); rerr != nil {
+				s.Logger.WarnContext(ctx, "idempotency claim not released; it expires by itself", "error", rerr)
+			}
+		}
+		s.Logger.WarnContext(ctx, "message not accepted: kafka produce failed", "conversation_id", convID, "error", err)
+		if errors.Is(err, context.Canceled) {
+			return nil, status.Error(codes.Canceled, "request cancelled before Kafka acknowledged the message; it was not accepted")
+		}
+		return nil, status.Error(codes.Unavailable, "message not accepted: the message broker is unavailable; retry later")
+	}
+	if key != "" {
+		if err := s.keys.Done(context.WithoutCancel(ctx), key, id, now); err != nil {
+			s.Logger.WarnContext(ctx, "idempotency key not completed", "error", err)
+		}
+	}
+	return &platformv1.SendMessageResponse{MessageId: id, State: platformv1.MessageState_MESSAGE_STATE_ACCEPTED, CreateTime: in.GetSendTime()}, nil
+}
+
+// ListMessages lists persisted, not deleted messages, newest first.
+func (s *Messages) ListMessages(ctx context.Context, req *platformv1.ListMessagesRequest) (*platformv1.ListMessagesResponse, error) {
+	p, err := principal(ctx)
+	if err != nil {
+		return nil, err
+	}
+	size, err := pageSize(req.GetPageSize())
+	if err != nil {
+		return nil, err
+	}
+	ms, next, err := s.Store.Messages.List(ctx, p.TenantID, req.GetConversationId(), size, req.GetPageToken())
+	if err != nil {
+		return nil, storeError(ctx, s.Logger, "messages", err)
+	}
+	resp := &platformv1.ListMessagesResponse{NextPageToken: next}
+	for _, m := range ms {
+		resp.Messages = append(resp.Messages, resources.MessageToProto(m))
+	}
+	return resp, nil
+}
+
+// GetMessage returns one persisted message (a deleted one as its tombstone).
+func (s *Messages) GetMessage(ctx context.Context, req *platformv1.GetMessageRequest) (*platformv1.GetMessageResponse, error) {
+	p, err := principal(ctx)
+	if err != nil {
+		return nil, err
+	}
+	m, err := s.Store.Messages.Get(ctx, p.TenantID, req.GetConversationId(), req.GetMessageId())
+	if err != nil {
+		return nil, storeError(ctx, s.Logger, "message", err)
+	}
+	return &platformv1.GetMessageResponse{Message: resources.MessageToProto(m)}, nil
+}
+
+// UpdateMessage edits the body (the author only; checked by the access rule).
+func (s *Messages) UpdateMessage(ctx context.Context, req *platformv1.UpdateMessageRequest) (*platformv1.UpdateMessageResponse, error) {
+	p, err := principal(ctx)
+	if err != nil {
+		return nil, err
+	}
+	in := req.GetMessage()
+	var v violations
+	paths := req.GetUpdateMask().GetPaths()
+	if len(paths) == 0 {
+		paths = []string{"body"}
+	}
+	for _, path := range paths {
+		switch path {
+		case "body":
+			validBody(&v, "message.body", in.GetBody())
+		case "version":
+		default:
+			v.add("update_mask", "field %q cannot be updated (updatable: body)", path)
+		}
+	}
+	if err := v.err(); err != nil {
+		return nil, err
+	}
+	if err := s.writableConversation(ctx, p.TenantID, req.GetConversationId()); err != nil {
+		return nil, err
+	}
+	m, err := s.Store.Messages.UpdateBody(ctx, p.TenantID, req.GetConversationId(), in.GetId(), in.GetVersion(), in.GetBody(), s.Now())
+	if err != nil {
+		return nil, storeError(ctx, s.Logger, "message", err)
+	}
+	out := resources.MessageToProto(m)
+	s.publish(ctx, &platformv1.Event{Type: platformv1.EventType_EVENT_TYPE_MESSAGE_UPDATED, TenantId: p.TenantID,
+		ConversationId: m.ConversationID, ActorId: p.Subject, Payload: &platformv1.Event_Message{Message: out}})
+	return &platformv1.UpdateMessageResponse{Message: out}, nil
+}
+
+// DeleteMessage replaces the message with a tombstone.
+func (s *Messages) DeleteMessage(ctx context.Context, req *platformv1.DeleteMessageRequest) (*platformv1.DeleteMessageResponse, error) {
+	p, err := principal(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.writableConversation(ctx, p.TenantID, req.GetConversationId()); err != nil {
+		return nil, err
+	}
+	m, err := s.Store.Messages.Delete(ctx, p.TenantID, req.GetConversationId(), req.GetMessageId(), s.Now())
+	if err != nil {
+		return nil, storeError(ctx, s.Logger, "message", err)
+	}
+	out := resources.MessageToProto(m)
+	s.publish(ctx, &platformv1.Event{Type: platformv1.EventType_EVENT_TYPE_MESSAGE_DELETED, TenantId: p.TenantID,
+		ConversationId: m.ConversationID, ActorId: p.Subject, Payload: &platformv1.Event_Message{Message: out}})
+	return &platformv1.DeleteMessageResponse{Message: out}, nil
+}
+
+func (s *Messages) writableConversation(ctx context.Context, tenant, convID string) error {
+	c, err := s.Store.Conversations.Get(ctx, tenant, convID)
+	if err != nil {
+		return storeError(ctx, s.Logger, "conversation", err)
+	}
+	if c.State == store.ConversationArchived {
+		return status.Error(codes.FailedPrecondition, "conversation is archived (read-only)")
+	}
+	return nil
+}
+
+// StreamMessages sends the conversation's message events as they happen. The caller's right to read is
+// checked again before every message (through the membership cache), so a member removed mid-stream
+// stops receiving at once; its own removal event ends the stream with PERMISSION_DENIED.
+func (s *Messages) StreamMessages(req *platformv1.StreamMessagesRequest, srv grpc.ServerStreamingServer[platformv1.StreamMessagesResponse]) error {
+	ctx := srv.Context()
+	p, err := principal(ctx)
+	if err != nil {
+		return err
+	}
+	sub := s.hub.Subscribe(p.TenantID, req.GetConversationId())
+	defer sub.Close()
+	// Send headers now so REST clients (curl -N) see the response start before the first message.
+	if err := srv.SendHeader(nil); err != nil {
+		return err
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev, ok := <-sub.C:
+			if !ok {
+				if errors.Is(sub.Err(), stream.ErrTooSlow) {
+					return status.Error(codes.ResourceExhausted, "stream fell behind; reconnect")
+				}
+				return status.Error(codes.Unavailable, "server shutting down; reconnect")
+			}
+			if err := s.forward(ctx, p, ev, srv); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func (s *Messages) forward(ctx context.Context, p auth.Principal, ev *platformv1.Event, srv grpc.ServerStreamingServer[platformv1.StreamMessagesResponse]) error {
+	switch ev.GetType() {
+	case platformv1.EventType_EVENT_TYPE_MEMBER_REMOVED:
+		if ev.GetMember().GetUserId() == p.Subject {
+			return status.Error(codes.PermissionDenied, "no longer a member of this conversation")
+		}
+		return nil
+	case platformv1.EventType_EVENT_TYPE_MESSAGE_PERSISTED, platformv1.EventType_EVENT_TYPE_MESSAGE_UPDATED, platformv1.EventType_EVENT_TYPE_MESSAGE_DELETED:
+		if err := s.authz.Authorize(ctx, p, authz.Request{Permission: authz.MessageRead, ConversationID: ev.GetConversationId(), RequireMembership: true}); err != nil {
+			return err
+		}
+		return srv.Send(&platformv1.StreamMessagesResponse{Type: ev.GetType(), Message: ev.GetMessage()})
+	default:
+		return nil
+	}
+}

@@ -1,0 +1,77 @@
+// Package events publishes platform.v1.Event records to the messages.events topic, keyed by conversation
+// id so each conversation's events stay in order.
+package events
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"time"
+
+	"github.com/oklog/ulid/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	platformv1 "github.com/msgplatform/platform/gen/platform/v1"
+	"github.com/msgplatform/platform/internal/kafka"
+	"github.com/msgplatform/platform/internal/observability"
+	"github.com/msgplatform/platform/internal/requestid"
+)
+
+// Producer is the part of a franz-go client the publisher uses.
+type Producer interface {
+	ProduceSync(ctx context.Context, rs ...*kgo.Record) kgo.ProduceResults
+}
+
+// Publisher writes events to messages.events.
+type Publisher struct {
+	producer  Producer
+	published *prometheus.CounterVec
+}
+
+// NewPublisher returns a publisher over producer, registering its metrics on reg.
+func NewPublisher(producer Producer, reg prometheus.Registerer) (*Publisher, error) {
+	p := &Publisher{producer: producer, published: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: observability.Namespace, Subsystem: "events", Name: "published_total",
+		Help: "Events produced to messages.events by type and result (ok, error).",
+	}, []string{"type", "result"})}
+	if err := reg.Register(p.published); err != nil {
+		return nil, fmt.Errorf("register event metrics: %w", err)
+	}
+	return p, nil
+}
+
+// Publish fills the event's id, time and request id when empty and produces it, waiting for the
+// broker's acknowledgement.
+func (p *Publisher) Publish(ctx context.Context, ev *platformv1.Event) error {
+	if ev.GetId() == "" {
+		ev.Id = ulid.MustNew(ulid.Now(), rand.Reader).String()
+	}
+	if ev.GetEventTime() == nil {
+		ev.EventTime = timestamppb.New(time.Now())
+	}
+	if ev.GetRequestId() == "" {
+		ev.RequestId = requestid.From(ctx)
+	}
+	value, err := proto.Marshal(ev)
+	if err != nil {
+		return fmt.Errorf("encode event: %w", err)
+	}
+	rec := &kgo.Record{
+		Topic: kafka.TopicEvents,
+		Key:   []byte(ev.GetConversationId()),
+		Value: value,
+		Headers: []kgo.RecordHeader{
+			{Key: "content-type", Value: []byte("application/x-protobuf")},
+			{Key: requestid.Header, Value: []byte(ev.GetRequestId())},
+		},
+	}
+	if err := p.producer.ProduceSync(ctx, rec).FirstErr(); err != nil {
+		p.published.WithLabelValues(ev.GetType().String(), "error").Inc()
+		return fmt.Errorf("publish %s event: %w", ev.GetType(), err)
+	}
+	p.published.WithLabelValues(ev.GetType().String(), "ok").Inc()
+	return nil
+}
