@@ -10,6 +10,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/msgplatform/platform/internal/auth"
+	"github.com/msgplatform/platform/internal/requestid"
 )
 
 // TokenVerifier turns a bearer token into a principal (auth.Verifier).
@@ -93,6 +94,7 @@ func (i *Interceptor) authenticate(ctx context.Context, method string) (Rule, co
 	if err != nil {
 		return rule, ctx, status.Error(codes.Unauthenticated, err.Error())
 	}
+	requestid.SetCaller(ctx, p.Subject, p.TenantID)
 	return rule, auth.WithPrincipal(ctx, p), nil
 }
 

@@ -137,8 +137,10 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 func newGRPCServer(logger *slog.Logger, metrics *grpcprom.ServerMetrics, access *authz.Interceptor) *grpc.Server {
 	logOpts := []logging.Option{
 		logging.WithLogOnEvents(logging.FinishCall),
+		// Evaluated when the call ends, so the caller authenticated further down the chain is known.
 		logging.WithFieldsFromContext(func(ctx context.Context) logging.Fields {
-			return logging.Fields{"request_id", requestid.From(ctx)}
+			sub, tenant := requestid.Caller(ctx)
+			return logging.Fields{"request_id", requestid.From(ctx), "principal", sub, "tenant", tenant}
 		}),
 	}
 	rpcLogger := logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
