@@ -18,7 +18,7 @@ import (
 // newRESTGateway returns the grpc-gateway mux. It reaches the gRPC server over a client connection
 // (never RegisterXxxHandlerServer, which would skip the interceptors), so REST and gRPC share auth,
 // logging and metrics.
-func newRESTGateway(ctx context.Context, grpcTarget string) (http.Handler, *grpc.ClientConn, error) {
+func newRESTGateway(ctx context.Context, grpcTarget string, metrics *restMetrics) (http.Handler, *grpc.ClientConn, error) {
 	conn, err := grpc.NewClient(grpcTarget, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return nil, nil, fmt.Errorf("gateway connection to %s: %w", grpcTarget, err)
@@ -32,6 +32,7 @@ func newRESTGateway(ctx context.Context, grpcTarget string) (http.Handler, *grpc
 		}}),
 		runtime.WithIncomingHeaderMatcher(incomingHeader),
 		runtime.WithOutgoingHeaderMatcher(outgoingHeader),
+		runtime.WithMiddlewares(metrics.middleware),
 	)
 	for _, register := range []func(context.Context, *runtime.ServeMux, *grpc.ClientConn) error{
 		platformv1.RegisterConversationServiceHandler,

@@ -118,7 +118,12 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 		return nil, err
 	}
 
-	rest, conn, err := newRESTGateway(ctx, dialTarget(s.grpcLis.Addr()))
+	restMetrics, err := newRESTMetrics(opts.Registry)
+	if err != nil {
+		s.closeListeners()
+		return nil, fmt.Errorf("register REST metrics: %w", err)
+	}
+	rest, conn, err := newRESTGateway(ctx, dialTarget(s.grpcLis.Addr()), restMetrics)
 	if err != nil {
 		s.closeListeners()
 		return nil, err
