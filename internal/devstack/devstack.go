@@ -1,6 +1,8 @@
 // Package devstack runs the whole platform in one process for `make run` and the end-to-end tests:
 // embedded Kafka (kfake), MongoDB-wire (FerretDB on SQLite) and Redis (miniredis) for whichever of
-// KAFKA_BROKERS, MONGO_URI and REDIS_URL is empty, then the gateway through exactly the production wiring.
+// KAFKA_BROKERS, MONGO_URI and REDIS_URL is empty, then the gateway and the ingest pipeline through
+// exactly the production wiring. With no AUTH_HMAC_SECRET nor AUTH_JWKS_FILE it checks tokens with the
+// well-known development secret that `make token` uses.
 package devstack
 
 import (
@@ -9,9 +11,14 @@ import (
 	"fmt"
 	"log/slog"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/msgplatform/platform/internal/auth"
 	"github.com/msgplatform/platform/internal/config"
 	"github.com/msgplatform/platform/internal/embedded"
 	"github.com/msgplatform/platform/internal/kafka"
+	"github.com/msgplatform/platform/internal/pipeline"
 	"github.com/msgplatform/platform/internal/server"
 )
 
@@ -22,6 +29,7 @@ type Addresses struct {
 	MongoURI            string
 	RedisURL            string
 	Embedded            []string // which of kafka, mongodb, redis are embedded
+	DevSecret           bool     // tokens are checked with auth.DevHMACSecret
 }
 
 // Run starts the embedded servers the configuration leaves empty, serves the platform until ctx ends,
@@ -63,13 +71,28 @@ func Run(ctx context.Context, cfg config.Config, logger *slog.Logger, onReady fu
 		addrs.Embedded = append(addrs.Embedded, "redis")
 	}
 	addrs.Kafka, addrs.MongoURI, addrs.RedisURL = cfg.KafkaBrokers[0], cfg.MongoURI, cfg.RedisURL
+	if cfg.AuthHMACSecret == "" && cfg.AuthJWKSFile == "" {
+		// `make token` signs with the same well-known secret, so a new user gets working tokens at once.
+		cfg.AuthHMACSecret = auth.DevHMACSecret
+		addrs.DevSecret = true
+		logger.Warn("AUTH_HMAC_SECRET is empty: using the well-known development secret; never do this in production")
+	}
 
-	err = server.Serve(ctx, cfg, logger, func(s *server.Server) {
-		addrs.GRPC, addrs.HTTP, addrs.Metrics = s.GRPCAddr(), s.HTTPAddr(), s.MetricsAddr()
-		if onReady != nil {
-			onReady(addrs)
-		}
+	// The gateway and the ingest pipeline run side by side, each through its production wiring with its own
+	// connections (they share nothing but cfg); when one fails, the other is stopped. The pipeline opens no
+	// listener: the gateway's /readyz and /v1/health already check the same dependencies, and its metrics go
+	// to a registry of its own that is not served (the gateway's registry is private to server.Serve).
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		return server.Serve(gctx, cfg, logger, func(s *server.Server) {
+			addrs.GRPC, addrs.HTTP, addrs.Metrics = s.GRPCAddr(), s.HTTPAddr(), s.MetricsAddr()
+			if onReady != nil {
+				onReady(addrs)
+			}
+		})
 	})
+	g.Go(func() error { return pipeline.Serve(gctx, cfg, pipeline.Config{}, prometheus.NewRegistry(), logger) })
+	err = g.Wait()
 	if errors.Is(err, context.Canceled) {
 		return nil
 	}

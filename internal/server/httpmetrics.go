@@ -69,7 +69,10 @@ func (m *restMetrics) middleware(next runtime.HandlerFunc) runtime.HandlerFunc {
 		start := time.Now()
 		rec := &statusRecorder{ResponseWriter: w}
 		next(rec, r, params)
-		route, _ := runtime.HTTPPathPattern(r.Context())
+		var route string
+		if p, ok := runtime.HTTPPattern(r.Context()); ok {
+			route = p.String()
+		}
 		if rec.code == 0 {
 			rec.code = http.StatusOK
 		}

@@ -1,7 +1,10 @@
-// Command pipeline runs the Kafka consumers of the platform (ingest pipeline, DLQ processor, retry
-// scheduler, change-stream workers). Those arrive with their own issues; today the process connects to
-// its dependencies and serves /healthz, /readyz (HTTP_ADDR) and /metrics (METRICS_ADDR) so it can be
-// deployed, probed and scraped from day one.
+// Command pipeline runs the Kafka consumers of the platform: today the ingest pipeline (messages.inbound
+// → stages → MongoDB, events on messages.events, failures on messages.dlq; see internal/pipeline). It
+// serves /healthz, /readyz (HTTP_ADDR) and /metrics (METRICS_ADDR).
+//
+// Shutdown (SIGTERM/SIGINT): readiness turns 503 at once; polling stops; the batch in hand finishes and
+// is committed (bounded by SHUTDOWN_TIMEOUT); the HTTP listeners close after the drain delay; then the
+// consumer leaves the group, the producer is flushed and the connections are closed.
 package main
 
 import (
@@ -15,11 +18,11 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
-	"github.com/msgplatform/platform/internal/clients"
 	"github.com/msgplatform/platform/internal/config"
 	"github.com/msgplatform/platform/internal/health"
 	"github.com/msgplatform/platform/internal/lifecycle"
 	"github.com/msgplatform/platform/internal/observability"
+	"github.com/msgplatform/platform/internal/pipeline"
 )
 
 func main() {
@@ -37,26 +40,30 @@ func main() {
 	}
 }
 
-func run(ctx context.Context, cfg config.Config, logger *slog.Logger) error {
-	cl, err := clients.Open(ctx, cfg, 30*time.Second, logger)
+func run(ctx context.Context, cfg config.Config, logger *slog.Logger) (err error) {
+	reg := observability.NewRegistry()
+	svc, err := pipeline.Open(ctx, cfg, pipeline.Config{}, reg, logger)
 	if err != nil {
 		return err
 	}
 	defer func() {
 		closeCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 		defer cancel()
-		if err := cl.Close(closeCtx); err != nil {
-			logger.Error("closing clients", "error", err)
+		if cerr := svc.Close(closeCtx); cerr != nil {
+			logger.Error("closing pipeline", "error", cerr)
+			err = errors.Join(err, cerr)
 		}
 	}()
 
-	checker := health.NewChecker(cl.Dependencies(), cfg.HealthInterval, cfg.HealthCheckTimeout, logger)
+	checker := health.NewChecker(svc.Dependencies(), cfg.HealthInterval, cfg.HealthCheckTimeout, logger)
 	servers := []*http.Server{
 		{Addr: cfg.HTTPAddr, Handler: health.HTTPHandler(checker), ReadHeaderTimeout: 10 * time.Second},
-		{Addr: cfg.MetricsAddr, Handler: observability.MetricsHandler(observability.NewRegistry()), ReadHeaderTimeout: 10 * time.Second},
+		{Addr: cfg.MetricsAddr, Handler: observability.MetricsHandler(reg), ReadHeaderTimeout: 10 * time.Second},
 	}
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { checker.Run(gctx); return nil })
+	checkCtx, stopChecks := context.WithCancel(context.Background())
+	defer stopChecks()
+	g.Go(func() error { checker.Run(checkCtx); return nil })
 	for _, srv := range servers {
 		g.Go(func() error {
 			if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -65,7 +72,9 @@ func run(ctx context.Context, cfg config.Config, logger *slog.Logger) error {
 			return nil
 		})
 	}
-	logger.Info("pipeline serving health and metrics; no consumers yet", "http", cfg.HTTPAddr, "metrics", cfg.MetricsAddr)
+	// The consumer stops with gctx: a signal, or a listener or the pipeline failing.
+	g.Go(func() error { return svc.Run(gctx) })
+	logger.Info("pipeline serving health and metrics", "http", cfg.HTTPAddr, "metrics", cfg.MetricsAddr)
 	g.Go(func() error {
 		<-gctx.Done()
 		checker.SetDraining()
@@ -75,6 +84,7 @@ func run(ctx context.Context, cfg config.Config, logger *slog.Logger) error {
 		for _, srv := range servers {
 			_ = srv.Shutdown(shutdownCtx)
 		}
+		stopChecks()
 		return nil
 	})
 	return g.Wait()

@@ -1,0 +1,64 @@
+package pipeline
+
+import (
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	platformv1 "github.com/msgplatform/platform/gen/platform/v1"
+	"github.com/msgplatform/platform/internal/store"
+)
+
+// Class says what to do with a failed record.
+type Class string
+
+// Error classes (the dlq.error_class header).
+const (
+	// Permanent: the record fails the same way every time (undecodable, invalid, unauthorized sender): it
+	// goes to the DLQ at once and processing continues.
+	Permanent Class = "permanent"
+	// Transient: a dependency failed (store or Redis unavailable, a timeout): the stage is retried with
+	// backoff, and consumption pauses meanwhile.
+	Transient Class = "transient"
+)
+
+// Item is one Kafka record on its way through the stages. Stages read what earlier ones set and mark
+// failures with Fail; the runner skips failed items in later stages.
+type Item struct {
+	Record *kgo.Record
+	// Inbound is the decoded envelope (set by deserialize).
+	Inbound *platformv1.InboundMessage
+	// Message is the message to store (built by transform), then as stored (set by persist).
+	Message store.Message
+	// Duplicate: persist found the message already stored (a redelivery).
+	Duplicate bool
+
+	err   error
+	class Class
+	stage string
+
+	attempts      int       // tries of the failing stage, counted from the record's dlq.attempts header
+	firstFailedAt time.Time // first failure of this record (dlq.first_failed_at of a retried record)
+	deadLettered  bool      // its DLQ record was produced
+}
+
+// Fail marks the item failed in the current stage. A transient failure is retried; a permanent one sends
+// the record to the DLQ.
+func (it *Item) Fail(class Class, err error) {
+	it.err, it.class = err, class
+}
+
+// Failed reports whether the item failed (and is skipped by the stages after the failing one).
+func (it *Item) Failed() bool { return it.err != nil }
+
+// Err returns the failure, nil if none.
+func (it *Item) Err() error { return it.err }
+
+// Class returns the failure's class, "" if none.
+func (it *Item) Class() Class { return it.class }
+
+// Stage returns the name of the stage the item failed in, "" if none.
+func (it *Item) Stage() string { return it.stage }
+
+// TenantID returns the envelope's tenant, "" before deserialize or if undecodable.
+func (it *Item) TenantID() string { return it.Inbound.GetTenantId() }

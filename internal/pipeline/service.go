@@ -1,0 +1,115 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/msgplatform/platform/internal/authz"
+	"github.com/msgplatform/platform/internal/clients"
+	"github.com/msgplatform/platform/internal/config"
+	"github.com/msgplatform/platform/internal/health"
+	"github.com/msgplatform/platform/internal/store"
+)
+
+// connectTimeout bounds the wait for MongoDB at start-up.
+const connectTimeout = 30 * time.Second
+
+// Service is the ingest pipeline of one process over its own connections: services/pipeline runs it
+// (with health and metrics around it), and the devstack runs the same wiring beside the gateway.
+type Service struct {
+	clients  *clients.Clients
+	writer   *store.BulkWriter
+	pipeline *Pipeline
+	logger   *slog.Logger
+	timeout  time.Duration // SHUTDOWN_TIMEOUT
+}
+
+// Open connects to MongoDB, Redis and Kafka, ensures the store's indexes and builds the pipeline:
+// the membership cache and authorizer (as the gateway builds them), the bulk writer, the stages and the
+// consumer. Every metric goes to reg. The batch in hand may take SHUTDOWN_TIMEOUT to drain unless
+// pcfg.DrainTimeout says otherwise.
+func Open(ctx context.Context, cfg config.Config, pcfg Config, reg prometheus.Registerer, logger *slog.Logger) (*Service, error) {
+	if pcfg.DrainTimeout <= 0 {
+		pcfg.DrainTimeout = cfg.ShutdownTimeout
+	}
+	pcfg = pcfg.withDefaults()
+	cl, err := clients.Open(ctx, cfg, connectTimeout, logger)
+	if err != nil {
+		return nil, err
+	}
+	s := &Service{clients: cl, logger: logger, timeout: cfg.ShutdownTimeout}
+	if err := s.build(ctx, cfg, pcfg, reg); err != nil {
+		_ = s.Close(context.Background())
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Service) build(ctx context.Context, cfg config.Config, pcfg Config, reg prometheus.Registerer) error {
+	st := store.New(s.clients.DB)
+	if err := st.EnsureIndexes(ctx); err != nil {
+		return fmt.Errorf("mongodb indexes: %w", err)
+	}
+	dir := authz.StoreDirectory{Store: st}
+	members, err := authz.NewMembershipCache(s.clients.Redis, dir, authz.CacheConfig{}, reg, s.logger)
+	if err != nil {
+		return err
+	}
+	authorizer, err := authz.NewAuthorizer(members, dir, reg)
+	if err != nil {
+		return err
+	}
+	s.writer, err = store.NewBulkWriter(st, store.BulkConfig{
+		MaxDocs: pcfg.BulkMaxDocs, MaxDelay: pcfg.BulkMaxDelay, WriteConcern: pcfg.WriteConcern,
+	}, reg, s.logger)
+	if err != nil {
+		return err
+	}
+	stages, err := Stages(Deps{
+		Conversations: st.Conversations, Authorizer: authorizer, Writer: s.writer, Producer: s.clients.Kafka, Registry: reg,
+	})
+	if err != nil {
+		return err
+	}
+	s.pipeline, err = New(pcfg, cfg.KafkaBrokers, stages, s.clients.Kafka, reg, s.logger)
+	return err
+}
+
+// Dependencies describes the connections as health checks (for /healthz and /readyz).
+func (s *Service) Dependencies() []health.Dependency { return s.clients.Dependencies() }
+
+// Run consumes until ctx ends and the batch in hand is committed (or abandoned; then the error says so).
+func (s *Service) Run(ctx context.Context) error { return s.pipeline.Run(ctx) }
+
+// Close leaves the consumer group, stops the bulk writer, flushes the producer (events and dead letters)
+// and closes the connections, within ctx. Call it after Run returned.
+func (s *Service) Close(ctx context.Context) error {
+	if s.pipeline != nil {
+		s.pipeline.Close()
+	}
+	if s.writer != nil {
+		s.writer.Close()
+	}
+	if err := s.clients.Close(ctx); err != nil {
+		return fmt.Errorf("close pipeline clients: %w", err)
+	}
+	return nil
+}
+
+// Serve is the pipeline's whole life without HTTP listeners, for the devstack: open, run until ctx ends,
+// close (bounded by SHUTDOWN_TIMEOUT). Its metrics go to reg.
+func Serve(ctx context.Context, cfg config.Config, pcfg Config, reg prometheus.Registerer, logger *slog.Logger) error {
+	s, err := Open(ctx, cfg, pcfg, reg, logger)
+	if err != nil {
+		return fmt.Errorf("pipeline: %w", err)
+	}
+	runErr := s.Run(ctx)
+	closeCtx, cancel := context.WithTimeout(context.Background(), s.timeout)
+	defer cancel()
+	return errors.Join(runErr, s.Close(closeCtx))
+}
