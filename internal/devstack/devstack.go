@@ -16,6 +16,7 @@ import (
 
 	"github.com/msgplatform/platform/internal/auth"
 	"github.com/msgplatform/platform/internal/config"
+	"github.com/msgplatform/platform/internal/dlq"
 	"github.com/msgplatform/platform/internal/embedded"
 	"github.com/msgplatform/platform/internal/kafka"
 	"github.com/msgplatform/platform/internal/pipeline"
@@ -92,6 +93,7 @@ func Run(ctx context.Context, cfg config.Config, logger *slog.Logger, onReady fu
 		})
 	})
 	g.Go(func() error { return pipeline.Serve(gctx, cfg, pipeline.Config{}, prometheus.NewRegistry(), logger) })
+	g.Go(func() error { return dlq.Serve(gctx, cfg, dlq.Config{}, prometheus.NewRegistry(), logger) })
 	err = g.Wait()
 	if errors.Is(err, context.Canceled) {
 		return nil

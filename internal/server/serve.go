@@ -11,6 +11,7 @@ import (
 	"github.com/msgplatform/platform/internal/authz"
 	"github.com/msgplatform/platform/internal/clients"
 	"github.com/msgplatform/platform/internal/config"
+	"github.com/msgplatform/platform/internal/dlq"
 	"github.com/msgplatform/platform/internal/events"
 	"github.com/msgplatform/platform/internal/observability"
 	"github.com/msgplatform/platform/internal/store"
@@ -79,6 +80,14 @@ func build(ctx context.Context, cfg config.Config, logger *slog.Logger, cl *clie
 	if err != nil {
 		return nil, err
 	}
+	deadLetters := store.NewDeadLetters(cl.DB)
+	if err := deadLetters.EnsureIndexes(ctx); err != nil {
+		return nil, fmt.Errorf("mongodb indexes: %w", err)
+	}
+	dlqMetrics, err := dlq.NewMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
 	hub, err := stream.NewHub(cfg.KafkaBrokers, reg, logger)
 	if err != nil {
 		return nil, fmt.Errorf("stream hub: %w", err)
@@ -88,6 +97,12 @@ func build(ctx context.Context, cfg config.Config, logger *slog.Logger, cl *clie
 		Services: Services{
 			Conversations: api.NewConversations(deps),
 			Messages:      api.NewMessages(deps, cl.Kafka, api.NewSendKeys(cl.Redis), hub, authorizer),
+			DeadLetters: api.NewDeadLetters(api.DeadLetterDeps{
+				Store:   deadLetters,
+				Retrier: dlq.NewRetrier(deadLetters, cl.Kafka, dlqMetrics, logger, dlq.Config{}),
+				Metrics: dlqMetrics,
+				Logger:  logger,
+			}),
 		},
 		Workers:      []func(context.Context){hub.Run},
 		Config:       cfg,

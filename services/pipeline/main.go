@@ -1,6 +1,7 @@
-// Command pipeline runs the Kafka consumers of the platform: today the ingest pipeline (messages.inbound
-// → stages → MongoDB, events on messages.events, failures on messages.dlq; see internal/pipeline). It
-// serves /healthz, /readyz (HTTP_ADDR) and /metrics (METRICS_ADDR).
+// Command pipeline runs the Kafka consumers of the platform: the ingest pipeline (messages.inbound →
+// stages → MongoDB, events on messages.events, failures on messages.dlq; see internal/pipeline), and the
+// dead-letter processor and retry scheduler (messages.dlq → dead_letters, republishing due retries; see
+// internal/dlq). It serves /healthz, /readyz (HTTP_ADDR) and /metrics (METRICS_ADDR).
 //
 // Shutdown (SIGTERM/SIGINT): readiness turns 503 at once; polling stops; the batch in hand finishes and
 // is committed (bounded by SHUTDOWN_TIMEOUT); the HTTP listeners close after the drain delay; then the
@@ -19,6 +20,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/msgplatform/platform/internal/config"
+	"github.com/msgplatform/platform/internal/dlq"
 	"github.com/msgplatform/platform/internal/health"
 	"github.com/msgplatform/platform/internal/lifecycle"
 	"github.com/msgplatform/platform/internal/observability"
@@ -55,6 +57,19 @@ func run(ctx context.Context, cfg config.Config, logger *slog.Logger) (err error
 		}
 	}()
 
+	dead, err := dlq.Open(ctx, cfg, dlq.Config{}, reg, logger)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		closeCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+		defer cancel()
+		if cerr := dead.Close(closeCtx); cerr != nil {
+			logger.Error("closing dlq", "error", cerr)
+			err = errors.Join(err, cerr)
+		}
+	}()
+
 	checker := health.NewChecker(svc.Dependencies(), cfg.HealthInterval, cfg.HealthCheckTimeout, logger)
 	servers := []*http.Server{
 		{Addr: cfg.HTTPAddr, Handler: health.HTTPHandler(checker), ReadHeaderTimeout: 10 * time.Second},
@@ -74,6 +89,7 @@ func run(ctx context.Context, cfg config.Config, logger *slog.Logger) (err error
 	}
 	// The consumer stops with gctx: a signal, or a listener or the pipeline failing.
 	g.Go(func() error { return svc.Run(gctx) })
+	g.Go(func() error { return dead.Run(gctx) })
 	logger.Info("pipeline serving health and metrics", "http", cfg.HTTPAddr, "metrics", cfg.MetricsAddr)
 	g.Go(func() error {
 		<-gctx.Done()

@@ -1,0 +1,205 @@
+// Package dlq handles the records that failed in the pipeline: the Processor stores what arrives on
+// messages.dlq in the dead_letters collection, the Scheduler republishes transient failures to their
+// original topic with capped exponential backoff and parks what is exhausted, and the Retrier is the one
+// place that republishes an entry (the scheduler's and the operators' retries alike).
+//
+// # Entries and statuses
+//
+// One DLQ record is one entry, _id store.DeadLetterID(original topic, partition, offset, attempts): a
+// redelivered DLQ record is a duplicate insert, never a second entry. A permanent failure is parked at
+// once (an operator decides); a transient one waits as pending_retry until Policy.Delay(attempts) has
+// passed; one whose attempts reached Policy.MaxAttempts is parked. A republished entry becomes retried;
+// if the record fails again, the pipeline dead-letters it anew (a new offset, so a new entry) with its
+// attempts counted on from the dlq.attempts header the republish carried, so it comes back and is parked
+// once exhausted instead of looping. Purged entries keep their metadata but drop the payload, and are
+// never retried.
+//
+// # Claims
+//
+// Republishing takes a claim on the entry first (store.DeadLetters.Claim: status retrying, an owner and a
+// lease), so several pipeline replicas, and operators, never republish the same entry twice; a claim whose
+// holder died expires with its lease and is taken over. Delivery is at least once: a holder that dies
+// after producing but before recording it is redone by the next holder, and the pipeline drops the second
+// copy (the message id is the document _id).
+package dlq
+
+import (
+	"cmp"
+	"math"
+	"math/rand/v2"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/msgplatform/platform/internal/store"
+)
+
+// Headers of a DLQ record (ARCHITECTURE.md), beside the original record's own headers.
+const (
+	HeaderError             = "dlq.error"
+	HeaderErrorClass        = "dlq.error_class"
+	HeaderStage             = "dlq.stage"
+	HeaderAttempts          = "dlq.attempts"
+	HeaderOriginalTopic     = "dlq.original_topic"
+	HeaderOriginalPartition = "dlq.original_partition"
+	HeaderOriginalOffset    = "dlq.original_offset"
+	HeaderFirstFailedAt     = "dlq.first_failed_at"
+	HeaderTenantID          = "dlq.tenant_id"
+
+	// headerPrefix marks the headers of a dead-lettering; a republish drops them.
+	headerPrefix = "dlq."
+	// headerContentType says a payload is protojson ("application/json") rather than binary protobuf.
+	headerContentType = "content-type"
+)
+
+// Error classes (the dlq.error_class header).
+const (
+	ClassPermanent = "permanent"
+	ClassTransient = "transient"
+)
+
+// timeLayout is RFC 3339 with milliseconds in UTC, as the pipeline writes dlq.first_failed_at.
+const timeLayout = "2006-01-02T15:04:05.000Z07:00"
+
+// Policy is the automatic retry policy of transient failures.
+type Policy struct {
+	// MaxAttempts: an entry whose attempts (dlq.attempts: every failed try of the record, earlier lives
+	// included) reached it is parked instead of retried. Default 5.
+	MaxAttempts int
+	// InitialDelay is the wait before the retry of a first failure; each further attempt doubles it, up to
+	// MaxDelay. Defaults 1s and 1m.
+	InitialDelay time.Duration
+	MaxDelay     time.Duration
+	// Jitter in [0, 1]: the delay is drawn uniformly from [d·(1−Jitter), d], d the capped exponential
+	// delay, so replicas and bursts spread out and MaxDelay is never exceeded. Default 0.5; negative means 0.
+	Jitter float64
+}
+
+// Policy defaults.
+const (
+	DefaultMaxAttempts  = 5
+	DefaultInitialDelay = time.Second
+	DefaultMaxDelay     = time.Minute
+	DefaultJitter       = 0.5
+)
+
+func (p Policy) withDefaults() Policy {
+	if p.MaxAttempts <= 0 {
+		p.MaxAttempts = DefaultMaxAttempts
+	}
+	if p.InitialDelay <= 0 {
+		p.InitialDelay = DefaultInitialDelay
+	}
+	if p.MaxDelay <= 0 {
+		p.MaxDelay = DefaultMaxDelay
+	}
+	p.MaxDelay = max(p.MaxDelay, p.InitialDelay)
+	switch {
+	case p.Jitter == 0:
+		p.Jitter = DefaultJitter
+	case p.Jitter < 0:
+		p.Jitter = 0
+	case p.Jitter > 1:
+		p.Jitter = 1
+	}
+	return p
+}
+
+// Exhausted reports whether an entry with this many attempts is parked rather than retried.
+func (p Policy) Exhausted(attempts int) bool { return attempts >= p.withDefaults().MaxAttempts }
+
+// Delay returns the wait before retrying a record that failed attempts times: InitialDelay·2^(attempts−1)
+// capped at MaxDelay, minus up to Jitter of it.
+func (p Policy) Delay(attempts int) time.Duration {
+	p = p.withDefaults()
+	d := p.MaxDelay
+	if n := max(attempts, 1) - 1; n < 62 {
+		if f := float64(p.InitialDelay) * math.Pow(2, float64(n)); f < float64(p.MaxDelay) {
+			d = time.Duration(f)
+		}
+	}
+	return d - time.Duration(rand.Float64()*p.Jitter*float64(d))
+}
+
+// Config tunes the processor and the scheduler; zero values take the defaults.
+type Config struct {
+	// GroupID is the processor's consumer group (default "platform-dlq"); every replica uses the same.
+	GroupID string
+	// MaxPollRecords bounds one batch of the processor (default 500).
+	MaxPollRecords int
+	// DrainTimeout bounds how long the batch in hand may take to be stored once shutdown starts
+	// (default 30s); a batch not stored by then stays uncommitted and is redelivered (no duplicates).
+	DrainTimeout time.Duration
+
+	Policy Policy
+
+	// Interval between two scheduler passes (default 1s).
+	Interval time.Duration
+	// BatchSize: entries one scheduler pass claims and republishes together (default 100).
+	BatchSize int
+	// Lease of a claim (default 30s): a holder that died is taken over after it. Longer than a produce
+	// may take (a produce is bounded by half of it).
+	Lease time.Duration
+	// StatsInterval between refreshes of the entries and oldest-pending-age gauges (default 15s).
+	StatsInterval time.Duration
+	// Owner names this replica in claims and logs (default host-pid-random).
+	Owner string
+}
+
+// Config defaults.
+const (
+	DefaultGroupID        = "platform-dlq"
+	DefaultMaxPollRecords = 500
+	DefaultDrainTimeout   = 30 * time.Second
+	DefaultInterval       = time.Second
+	DefaultBatchSize      = 100
+	DefaultLease          = 30 * time.Second
+	DefaultStatsInterval  = 15 * time.Second
+)
+
+func (c Config) withDefaults() Config {
+	c.GroupID = cmp.Or(c.GroupID, DefaultGroupID)
+	c.MaxPollRecords = positive(c.MaxPollRecords, DefaultMaxPollRecords)
+	c.DrainTimeout = positive(c.DrainTimeout, DefaultDrainTimeout)
+	c.Policy = c.Policy.withDefaults()
+	c.Interval = positive(c.Interval, DefaultInterval)
+	c.BatchSize = positive(c.BatchSize, DefaultBatchSize)
+	c.Lease = positive(c.Lease, DefaultLease)
+	c.StatsInterval = positive(c.StatsInterval, DefaultStatsInterval)
+	if c.Owner == "" {
+		c.Owner = defaultOwner()
+	}
+	return c
+}
+
+func positive[T int | time.Duration](v, def T) T {
+	if v <= 0 {
+		return def
+	}
+	return v
+}
+
+func defaultOwner() string {
+	host, _ := os.Hostname()
+	return cmp.Or(host, "host") + "-" + strconv.Itoa(os.Getpid()) + "-" + strconv.FormatUint(rand.Uint64()&0xffffff, 36)
+}
+
+// RetryRecord is the record a retry of d produces: to the original topic, with the original key and
+// payload, the original headers without the dlq.* ones, plus dlq.attempts (the attempts so far, from which
+// the pipeline counts on) and dlq.first_failed_at (so the first failure time survives the next failure).
+func RetryRecord(d store.DeadLetter) *kgo.Record {
+	headers := make([]kgo.RecordHeader, 0, len(d.Headers)+2)
+	for _, h := range d.Headers {
+		if !strings.HasPrefix(h.Key, headerPrefix) {
+			headers = append(headers, kgo.RecordHeader{Key: h.Key, Value: h.Value})
+		}
+	}
+	headers = append(headers,
+		kgo.RecordHeader{Key: HeaderAttempts, Value: []byte(strconv.Itoa(max(d.Attempts, 1)))},
+		kgo.RecordHeader{Key: HeaderFirstFailedAt, Value: []byte(d.FirstFailureTime.UTC().Format(timeLayout))},
+	)
+	return &kgo.Record{Topic: d.OriginalTopic, Key: d.Key, Value: d.Payload, Headers: headers}
+}
