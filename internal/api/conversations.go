@@ -254,7 +254,7 @@ func (s *Conversations) AddMember(ctx context.Context, req *platformv1.AddMember
 		return nil, err
 	}
 	tenant, convID, userID := p.TenantID, req.GetConversationId(), req.GetUserId()
-	if err := s.writable(ctx, tenant, convID); err != nil {
+	if err := s.writableConversation(ctx, tenant, convID); err != nil {
 		return nil, err
 	}
 	callerRole, err := s.roleOf(ctx, tenant, convID, p.Subject)
@@ -296,7 +296,7 @@ func (s *Conversations) RemoveMember(ctx context.Context, req *platformv1.Remove
 		return nil, err
 	}
 	tenant, convID, userID := p.TenantID, req.GetConversationId(), req.GetUserId()
-	if err := s.writable(ctx, tenant, convID); err != nil {
+	if err := s.writableConversation(ctx, tenant, convID); err != nil {
 		return nil, err
 	}
 	target, err := s.Store.Members.Get(ctx, tenant, convID, userID)
@@ -353,11 +353,11 @@ func (s *Conversations) ListMembers(ctx context.Context, req *platformv1.ListMem
 	return resp, nil
 }
 
-// writable refuses membership changes on archived conversations.
-func (s *Conversations) writable(ctx context.Context, tenant, convID string) error {
-	c, err := s.Store.Conversations.Get(ctx, tenant, convID)
+// writableConversation refuses changes (membership, message edits) in archived conversations.
+func (d Deps) writableConversation(ctx context.Context, tenant, convID string) error {
+	c, err := d.Store.Conversations.Get(ctx, tenant, convID)
 	if err != nil {
-		return storeError(ctx, s.Logger, "conversation", err)
+		return storeError(ctx, d.Logger, "conversation", err)
 	}
 	if c.State == store.ConversationArchived {
 		return status.Error(codes.FailedPrecondition, "conversation is archived (read-only)")

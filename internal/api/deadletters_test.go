@@ -185,8 +185,8 @@ func dl(tenant, stage, class string, st store.DeadLetterStatus, errMsg string, p
 		Headers: []store.Header{
 			{Key: "content-type", Value: []byte("application/x-protobuf")},
 			{Key: "x-binary", Value: []byte{0xff, 0x01}},
-			{Key: dlq.HeaderStage, Value: []byte(stage)},
-			{Key: dlq.HeaderAttempts, Value: []byte("1")},
+			{Key: kafka.HeaderDLQStage, Value: []byte(stage)},
+			{Key: kafka.HeaderDLQAttempts, Value: []byte("1")},
 		},
 	}
 	switch st {
@@ -339,7 +339,7 @@ func TestDeadLetterService(t *testing.T) {
 			x.GetErrorClass() != platformv1.ErrorClass_ERROR_CLASS_TRANSIENT || x.GetStatus() != platformv1.DeadLetterStatus_DEAD_LETTER_STATUS_PENDING_RETRY ||
 			x.GetNextRetryTime() == nil || x.GetAttempts() != 1 || x.GetOriginalTopic() != kafka.TopicInbound || x.GetTenantId() != "tg" ||
 			x.GetHeaders()["content-type"] != "application/x-protobuf" || x.GetHeaders()["x-binary"] != "base64:/wE=" ||
-			x.GetHeaders()[dlq.HeaderStage] != "persist" || x.GetFirstFailureTime() == nil || x.GetUpdateTime() == nil || string(x.GetKey()) != "conv-1" {
+			x.GetHeaders()[kafka.HeaderDLQStage] != "persist" || x.GetFirstFailureTime() == nil || x.GetUpdateTime() == nil || string(x.GetKey()) != "conv-1" {
 			t.Errorf("text payload entry: %v", x)
 		}
 		code, body := restCall(t, g.gateway, ops, "GET", "/v1/dead-letters/"+ids[1], "")
@@ -379,7 +379,7 @@ func TestDeadLetterService(t *testing.T) {
 			for _, x := range r.Headers {
 				h[x.Key] = string(x.Value)
 			}
-			if string(r.Key) != "conv-1" || h[dlq.HeaderAttempts] != "1" || h[dlq.HeaderStage] != "" || h["content-type"] != "application/x-protobuf" {
+			if string(r.Key) != "conv-1" || h[kafka.HeaderDLQAttempts] != "1" || h[kafka.HeaderDLQStage] != "" || h["content-type"] != "application/x-protobuf" {
 				t.Errorf("republished record: key %q headers %v", r.Key, h)
 			}
 		}

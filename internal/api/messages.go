@@ -245,17 +245,6 @@ func (s *Messages) DeleteMessage(ctx context.Context, req *platformv1.DeleteMess
 	return &platformv1.DeleteMessageResponse{Message: out}, nil
 }
 
-func (s *Messages) writableConversation(ctx context.Context, tenant, convID string) error {
-	c, err := s.Store.Conversations.Get(ctx, tenant, convID)
-	if err != nil {
-		return storeError(ctx, s.Logger, "conversation", err)
-	}
-	if c.State == store.ConversationArchived {
-		return status.Error(codes.FailedPrecondition, "conversation is archived (read-only)")
-	}
-	return nil
-}
-
 // StreamMessages sends the conversation's message events as they happen. The caller's right to read is
 // checked again before every message (through the membership cache), so a member removed mid-stream
 // stops receiving at once; its own removal event ends the stream with PERMISSION_DENIED.

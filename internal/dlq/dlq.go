@@ -34,23 +34,11 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/msgplatform/platform/internal/kafka"
 	"github.com/msgplatform/platform/internal/store"
 )
 
-// Headers of a DLQ record (ARCHITECTURE.md), beside the original record's own headers.
 const (
-	HeaderError             = "dlq.error"
-	HeaderErrorClass        = "dlq.error_class"
-	HeaderStage             = "dlq.stage"
-	HeaderAttempts          = "dlq.attempts"
-	HeaderOriginalTopic     = "dlq.original_topic"
-	HeaderOriginalPartition = "dlq.original_partition"
-	HeaderOriginalOffset    = "dlq.original_offset"
-	HeaderFirstFailedAt     = "dlq.first_failed_at"
-	HeaderTenantID          = "dlq.tenant_id"
-
-	// headerPrefix marks the headers of a dead-lettering; a republish drops them.
-	headerPrefix = "dlq."
 	// headerContentType says a payload is protojson ("application/json") rather than binary protobuf.
 	headerContentType = "content-type"
 )
@@ -60,9 +48,6 @@ const (
 	ClassPermanent = "permanent"
 	ClassTransient = "transient"
 )
-
-// timeLayout is RFC 3339 with milliseconds in UTC, as the pipeline writes dlq.first_failed_at.
-const timeLayout = "2006-01-02T15:04:05.000Z07:00"
 
 // Policy is the automatic retry policy of transient failures.
 type Policy struct {
@@ -193,13 +178,13 @@ func defaultOwner() string {
 func RetryRecord(d store.DeadLetter) *kgo.Record {
 	headers := make([]kgo.RecordHeader, 0, len(d.Headers)+2)
 	for _, h := range d.Headers {
-		if !strings.HasPrefix(h.Key, headerPrefix) {
+		if !strings.HasPrefix(h.Key, kafka.DLQHeaderPrefix) {
 			headers = append(headers, kgo.RecordHeader{Key: h.Key, Value: h.Value})
 		}
 	}
 	headers = append(headers,
-		kgo.RecordHeader{Key: HeaderAttempts, Value: []byte(strconv.Itoa(max(d.Attempts, 1)))},
-		kgo.RecordHeader{Key: HeaderFirstFailedAt, Value: []byte(d.FirstFailureTime.UTC().Format(timeLayout))},
+		kgo.RecordHeader{Key: kafka.HeaderDLQAttempts, Value: []byte(strconv.Itoa(max(d.Attempts, 1)))},
+		kgo.RecordHeader{Key: kafka.HeaderDLQFirstFailedAt, Value: []byte(d.FirstFailureTime.UTC().Format(kafka.DLQTimeLayout))},
 	)
 	return &kgo.Record{Topic: d.OriginalTopic, Key: d.Key, Value: d.Payload, Headers: headers}
 }

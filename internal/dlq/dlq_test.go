@@ -85,15 +85,15 @@ func dlqRecord(partition int32, offset int64, attempts int, class, stage, tenant
 	return &kgo.Record{Topic: kafka.TopicDLQ, Key: key, Value: value, Headers: []kgo.RecordHeader{
 		h("content-type", "application/x-protobuf"),
 		h("x-request-id", "req-"+strconv.FormatInt(offset, 10)),
-		h(dlq.HeaderError, "failed at "+stage),
-		h(dlq.HeaderErrorClass, class),
-		h(dlq.HeaderStage, stage),
-		h(dlq.HeaderAttempts, strconv.Itoa(attempts)),
-		h(dlq.HeaderOriginalTopic, kafka.TopicInbound),
-		h(dlq.HeaderOriginalPartition, strconv.Itoa(int(partition))),
-		h(dlq.HeaderOriginalOffset, strconv.FormatInt(offset, 10)),
-		h(dlq.HeaderFirstFailedAt, "2030-01-02T03:04:05.678Z"),
-		h(dlq.HeaderTenantID, tenant),
+		h(kafka.HeaderDLQError, "failed at "+stage),
+		h(kafka.HeaderDLQErrorClass, class),
+		h(kafka.HeaderDLQStage, stage),
+		h(kafka.HeaderDLQAttempts, strconv.Itoa(attempts)),
+		h(kafka.HeaderDLQOriginalTopic, kafka.TopicInbound),
+		h(kafka.HeaderDLQOriginalPartition, strconv.Itoa(int(partition))),
+		h(kafka.HeaderDLQOriginalOffset, strconv.FormatInt(offset, 10)),
+		h(kafka.HeaderDLQFirstFailedAt, "2030-01-02T03:04:05.678Z"),
+		h(kafka.HeaderDLQTenantID, tenant),
 	}}
 }
 
@@ -296,9 +296,9 @@ func TestDeadLetterSchedulerRepublishesAfterItsDelay(t *testing.T) {
 	eventually(t, "the entry retried", func() bool { return e.get(id).Status == store.DeadLetterRetried })
 	recs := e.consumeAll(kafka.TopicInbound, 1)
 	r, h := recs[0], headerMap(recs[0])
-	if string(r.Key) != "c1" || string(r.Value) != string(mustMarshal(t, in)) || h[dlq.HeaderAttempts] != "2" ||
-		h[dlq.HeaderFirstFailedAt] != "2030-01-02T03:04:05.678Z" || h["content-type"] != "application/x-protobuf" ||
-		h["x-request-id"] != "req-7" || len(h) != 4 || h[dlq.HeaderStage] != "" {
+	if string(r.Key) != "c1" || string(r.Value) != string(mustMarshal(t, in)) || h[kafka.HeaderDLQAttempts] != "2" ||
+		h[kafka.HeaderDLQFirstFailedAt] != "2030-01-02T03:04:05.678Z" || h["content-type"] != "application/x-protobuf" ||
+		h["x-request-id"] != "req-7" || len(h) != 4 || h[kafka.HeaderDLQStage] != "" {
 		t.Errorf("republished record key %q headers %v", r.Key, h)
 	}
 	// Produced once due: the scheduler claims only when next_retry_time has passed.

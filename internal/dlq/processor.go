@@ -58,7 +58,7 @@ func NewProcessor(cfg Config, brokers []string, st *store.DeadLetters, m *Metric
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 		kgo.FetchMaxBytes(8<<20),
 		kgo.MaxConcurrentFetches(2),
-		kgo.WithLogger(kgoLogger{p.logger}),
+		kgo.WithLogger(kafka.Logger(p.logger)),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("kafka consumer of %s for %v: %w", kafka.TopicDLQ, brokers, err)
@@ -111,7 +111,7 @@ func (p *Processor) Run(ctx context.Context) error {
 
 // handle stores a batch (retrying until it is stored or the drain timeout passes) and commits it.
 func (p *Processor) handle(ctx context.Context, recs []*kgo.Record) error {
-	bctx, cancel := drainContext(ctx, p.cfg.DrainTimeout)
+	bctx, cancel := kafka.DrainContext(ctx, p.cfg.DrainTimeout)
 	defer cancel()
 	now := p.store.Now()
 	dls := make([]store.DeadLetter, len(recs))
@@ -186,7 +186,7 @@ func fromRecord(r *kgo.Record, pol Policy, now time.Time) store.DeadLetter {
 	headers := make([]store.Header, len(r.Headers))
 	for i, hd := range r.Headers {
 		headers[i] = store.Header{Key: hd.Key, Value: hd.Value}
-		if strings.HasPrefix(hd.Key, headerPrefix) || hd.Key == headerContentType {
+		if strings.HasPrefix(hd.Key, kafka.DLQHeaderPrefix) || hd.Key == headerContentType {
 			h[hd.Key] = clean(string(hd.Value))
 		}
 	}
@@ -194,10 +194,10 @@ func fromRecord(r *kgo.Record, pol Policy, now time.Time) store.DeadLetter {
 		Key:             nonEmpty(r.Key),
 		Payload:         nonEmpty(r.Value),
 		Headers:         headers,
-		TenantID:        h[HeaderTenantID],
-		Stage:           h[HeaderStage],
-		Error:           h[HeaderError],
-		ErrorClass:      strings.ToLower(h[HeaderErrorClass]),
+		TenantID:        h[kafka.HeaderDLQTenantID],
+		Stage:           h[kafka.HeaderDLQStage],
+		Error:           h[kafka.HeaderDLQError],
+		ErrorClass:      strings.ToLower(h[kafka.HeaderDLQErrorClass]),
 		Attempts:        1,
 		LastFailureTime: r.Timestamp,
 		LastActor:       "processor",
@@ -205,15 +205,15 @@ func fromRecord(r *kgo.Record, pol Policy, now time.Time) store.DeadLetter {
 	if d.LastFailureTime.IsZero() {
 		d.LastFailureTime = now
 	}
-	if n, err := strconv.Atoi(h[HeaderAttempts]); err == nil && n > 0 {
+	if n, err := strconv.Atoi(h[kafka.HeaderDLQAttempts]); err == nil && n > 0 {
 		d.Attempts = n
 	}
-	if t, err := time.Parse(time.RFC3339Nano, h[HeaderFirstFailedAt]); err == nil {
+	if t, err := time.Parse(time.RFC3339Nano, h[kafka.HeaderDLQFirstFailedAt]); err == nil {
 		d.FirstFailureTime = t
 	}
-	topic := h[HeaderOriginalTopic]
-	partition, perr := strconv.ParseInt(h[HeaderOriginalPartition], 10, 32)
-	offset, oerr := strconv.ParseInt(h[HeaderOriginalOffset], 10, 64)
+	topic := h[kafka.HeaderDLQOriginalTopic]
+	partition, perr := strconv.ParseInt(h[kafka.HeaderDLQOriginalPartition], 10, 32)
+	offset, oerr := strconv.ParseInt(h[kafka.HeaderDLQOriginalOffset], 10, 64)
 	wellFormed := validTopic.MatchString(topic) && perr == nil && oerr == nil && partition >= 0 && offset >= 0
 	if wellFormed {
 		d.OriginalTopic, d.OriginalPartition, d.OriginalOffset = topic, int32(partition), offset
@@ -273,42 +273,4 @@ func nonEmpty(b []byte) []byte {
 		return nil
 	}
 	return b
-}
-
-// drainContext returns a context for the batch in hand: not cancelled when ctx is (the batch finishes on
-// shutdown), but drain after that.
-func drainContext(ctx context.Context, drain time.Duration) (context.Context, context.CancelFunc) {
-	bctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	var mu sync.Mutex
-	var timer *time.Timer
-	stop := context.AfterFunc(ctx, func() {
-		mu.Lock()
-		defer mu.Unlock()
-		timer = time.AfterFunc(drain, cancel)
-	})
-	return bctx, func() {
-		stop()
-		mu.Lock()
-		if timer != nil {
-			timer.Stop()
-		}
-		mu.Unlock()
-		cancel()
-	}
-}
-
-// kgoLogger sends franz-go's warnings and errors to slog.
-type kgoLogger struct{ l *slog.Logger }
-
-func (kgoLogger) Level() kgo.LogLevel { return kgo.LogLevelWarn }
-
-func (k kgoLogger) Log(level kgo.LogLevel, msg string, keyvals ...any) {
-	switch level {
-	case kgo.LogLevelError:
-		k.l.Error(msg, keyvals...)
-	case kgo.LogLevelWarn:
-		k.l.Warn(msg, keyvals...)
-	default:
-		k.l.Info(msg, keyvals...)
-	}
 }

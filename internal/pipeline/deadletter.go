@@ -16,38 +16,19 @@ import (
 	"github.com/msgplatform/platform/internal/observability"
 )
 
-// Headers of a DLQ record (ARCHITECTURE.md), added to the original record's own headers.
-const (
-	HeaderDLQError             = "dlq.error"
-	HeaderDLQErrorClass        = "dlq.error_class"
-	HeaderDLQStage             = "dlq.stage"
-	HeaderDLQAttempts          = "dlq.attempts"
-	HeaderDLQOriginalTopic     = "dlq.original_topic"
-	HeaderDLQOriginalPartition = "dlq.original_partition"
-	HeaderDLQOriginalOffset    = "dlq.original_offset"
-	HeaderDLQFirstFailedAt     = "dlq.first_failed_at"
-	HeaderDLQTenantID          = "dlq.tenant_id"
-)
-
-// dlqHeaderPrefix marks the headers a dead-lettering adds; an earlier dead-lettering's are replaced.
-const dlqHeaderPrefix = "dlq."
-
 // maxErrorHeader bounds the dlq.error header (bytes).
 const maxErrorHeader = 1024
-
-// firstFailedAtLayout is RFC 3339 with milliseconds, in UTC.
-const firstFailedAtLayout = "2006-01-02T15:04:05.000Z07:00"
 
 // newItem wraps a polled record. A record that comes back from the DLQ (retried) carries dlq.attempts and
 // dlq.first_failed_at: counting goes on from them.
 func newItem(r *kgo.Record) *Item {
 	it := &Item{Record: r}
-	if v, ok := header(r, HeaderDLQAttempts); ok {
+	if v, ok := header(r, kafka.HeaderDLQAttempts); ok {
 		if n, err := strconv.Atoi(strings.TrimSpace(v)); err == nil && n > 0 {
 			it.attempts = n
 		}
 	}
-	if v, ok := header(r, HeaderDLQFirstFailedAt); ok {
+	if v, ok := header(r, kafka.HeaderDLQFirstFailedAt); ok {
 		if t, err := time.Parse(time.RFC3339Nano, strings.TrimSpace(v)); err == nil {
 			it.firstFailedAt = t
 		}
@@ -63,20 +44,20 @@ func deadLetterRecord(it *Item) *kgo.Record {
 	r := it.Record
 	headers := make([]kgo.RecordHeader, 0, len(r.Headers)+9)
 	for _, h := range r.Headers {
-		if !strings.HasPrefix(h.Key, dlqHeaderPrefix) {
+		if !strings.HasPrefix(h.Key, kafka.DLQHeaderPrefix) {
 			headers = append(headers, h)
 		}
 	}
 	add := func(k, v string) { headers = append(headers, kgo.RecordHeader{Key: k, Value: []byte(v)}) }
-	add(HeaderDLQError, clip(it.err.Error(), maxErrorHeader))
-	add(HeaderDLQErrorClass, string(it.class))
-	add(HeaderDLQStage, it.stage)
-	add(HeaderDLQAttempts, strconv.Itoa(max(it.attempts, 1)))
-	add(HeaderDLQOriginalTopic, r.Topic)
-	add(HeaderDLQOriginalPartition, strconv.FormatInt(int64(r.Partition), 10))
-	add(HeaderDLQOriginalOffset, strconv.FormatInt(r.Offset, 10))
-	add(HeaderDLQFirstFailedAt, it.firstFailedAt.UTC().Format(firstFailedAtLayout))
-	add(HeaderDLQTenantID, it.TenantID())
+	add(kafka.HeaderDLQError, clip(it.err.Error(), maxErrorHeader))
+	add(kafka.HeaderDLQErrorClass, string(it.class))
+	add(kafka.HeaderDLQStage, it.stage)
+	add(kafka.HeaderDLQAttempts, strconv.Itoa(max(it.attempts, 1)))
+	add(kafka.HeaderDLQOriginalTopic, r.Topic)
+	add(kafka.HeaderDLQOriginalPartition, strconv.FormatInt(int64(r.Partition), 10))
+	add(kafka.HeaderDLQOriginalOffset, strconv.FormatInt(r.Offset, 10))
+	add(kafka.HeaderDLQFirstFailedAt, it.firstFailedAt.UTC().Format(kafka.DLQTimeLayout))
+	add(kafka.HeaderDLQTenantID, it.TenantID())
 	return &kgo.Record{Topic: kafka.TopicDLQ, Key: r.Key, Value: r.Value, Headers: headers}
 }
 

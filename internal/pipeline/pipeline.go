@@ -182,7 +182,7 @@ func (p *Pipeline) clientOpts(brokers []string) []kgo.Opt {
 		kgo.OnPartitionsAssigned(logPartitions("assigned")),
 		kgo.OnPartitionsRevoked(logPartitions("revoked")),
 		kgo.OnPartitionsLost(logPartitions("lost")),
-		kgo.WithLogger(kgoLogger{p.logger}),
+		kgo.WithLogger(kafka.Logger(p.logger)),
 	}
 }
 
@@ -240,7 +240,7 @@ type partitionBatch struct {
 // since franz-go's fetch positions have moved past records that are not done.
 func (p *Pipeline) runBatch(ctx context.Context, fetches kgo.Fetches) error {
 	start := time.Now()
-	bctx, cancel := drainContext(ctx, p.cfg.DrainTimeout)
+	bctx, cancel := kafka.DrainContext(ctx, p.cfg.DrainTimeout)
 	defer cancel()
 
 	var parts []partitionBatch
@@ -296,48 +296,8 @@ func (p *Pipeline) runBatch(ctx context.Context, fetches kgo.Fetches) error {
 	return errors.Join(errs...)
 }
 
-// drainContext returns a context for the batch in hand: not cancelled when ctx is (the batch finishes on
-// shutdown), but drain after that.
-func drainContext(ctx context.Context, drain time.Duration) (context.Context, context.CancelFunc) {
-	bctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	var mu sync.Mutex
-	var timer *time.Timer
-	stop := context.AfterFunc(ctx, func() {
-		mu.Lock()
-		defer mu.Unlock()
-		timer = time.AfterFunc(drain, cancel)
-	})
-	return bctx, func() {
-		stop()
-		mu.Lock()
-		if timer != nil {
-			timer.Stop()
-		}
-		mu.Unlock()
-		cancel()
-	}
-}
-
 // Close leaves the group and closes the consumer. Call it after Run returned; the producer is the
 // caller's to flush and close.
 func (p *Pipeline) Close() {
 	p.closeOnce.Do(p.client.CloseAllowingRebalance)
-}
-
-// kgoLogger sends franz-go's warnings and errors to slog.
-type kgoLogger struct{ l *slog.Logger }
-
-func (kgoLogger) Level() kgo.LogLevel { return kgo.LogLevelWarn }
-
-func (k kgoLogger) Log(level kgo.LogLevel, msg string, keyvals ...any) {
-	switch level {
-	case kgo.LogLevelError:
-		k.l.Error(msg, keyvals...)
-	case kgo.LogLevelWarn:
-		k.l.Warn(msg, keyvals...)
-	case kgo.LogLevelInfo:
-		k.l.Info(msg, keyvals...)
-	default:
-		k.l.Debug(msg, keyvals...)
-	}
 }

@@ -233,8 +233,8 @@ func TestPermanentFailuresDeadLettered(t *testing.T) {
 	badID.Id = "not-a-ulid"
 	retried := withKey(record(inbound("t1", c.ID, "", "no sender"), false))
 	retried.Headers = append(retried.Headers,
-		kgoHeader(HeaderDLQAttempts, "2"), kgoHeader(HeaderDLQFirstFailedAt, "2031-05-06T07:08:09.123Z"),
-		kgoHeader(HeaderDLQStage, "validate"))
+		kgoHeader(kafka.HeaderDLQAttempts, "2"), kgoHeader(kafka.HeaderDLQFirstFailedAt, "2031-05-06T07:08:09.123Z"),
+		kgoHeader(kafka.HeaderDLQStage, "validate"))
 	type bad struct {
 		rec    *kgo.Record
 		stage  string
@@ -282,7 +282,7 @@ func TestPermanentFailuresDeadLettered(t *testing.T) {
 	byOffset := map[int64]*kgo.Record{}
 	for _, d := range dead {
 		h, _ := headers(d)
-		off, _ := strconv.ParseInt(h[HeaderDLQOriginalOffset], 10, 64)
+		off, _ := strconv.ParseInt(h[kafka.HeaderDLQOriginalOffset], 10, 64)
 		byOffset[off] = d
 	}
 	for i, b := range bads {
@@ -302,20 +302,20 @@ func TestPermanentFailuresDeadLettered(t *testing.T) {
 			wantAttempts = "3"
 		}
 		for k, want := range map[string]string{
-			HeaderDLQStage: b.stage, HeaderDLQErrorClass: "permanent", HeaderDLQAttempts: wantAttempts,
-			HeaderDLQOriginalTopic: kafka.TopicInbound, HeaderDLQOriginalPartition: strconv.Itoa(int(b.rec.Partition)),
-			HeaderDLQTenantID: b.tenant,
+			kafka.HeaderDLQStage: b.stage, kafka.HeaderDLQErrorClass: "permanent", kafka.HeaderDLQAttempts: wantAttempts,
+			kafka.HeaderDLQOriginalTopic: kafka.TopicInbound, kafka.HeaderDLQOriginalPartition: strconv.Itoa(int(b.rec.Partition)),
+			kafka.HeaderDLQTenantID: b.tenant,
 		} {
 			if h[k] != want {
-				t.Errorf("bad %d: %s = %q, want %q (error %q)", i, k, h[k], want, h[HeaderDLQError])
+				t.Errorf("bad %d: %s = %q, want %q (error %q)", i, k, h[k], want, h[kafka.HeaderDLQError])
 			}
 		}
-		if h[HeaderDLQError] == "" {
-			t.Errorf("bad %d: empty %s", i, HeaderDLQError)
+		if h[kafka.HeaderDLQError] == "" {
+			t.Errorf("bad %d: empty %s", i, kafka.HeaderDLQError)
 		}
-		ts, err := time.Parse(time.RFC3339, h[HeaderDLQFirstFailedAt])
+		ts, err := time.Parse(time.RFC3339, h[kafka.HeaderDLQFirstFailedAt])
 		if err != nil {
-			t.Errorf("bad %d: %s = %q: %v", i, HeaderDLQFirstFailedAt, h[HeaderDLQFirstFailedAt], err)
+			t.Errorf("bad %d: %s = %q: %v", i, kafka.HeaderDLQFirstFailedAt, h[kafka.HeaderDLQFirstFailedAt], err)
 		}
 		if b.rec == retried && !ts.Equal(time.Date(2031, 5, 6, 7, 8, 9, 123e6, time.UTC)) {
 			t.Errorf("retried record: first_failed_at %v, want the one it carried", ts)

@@ -233,8 +233,8 @@ func TestRunnerAbandonsOnShutdown(t *testing.T) {
 func TestDeadLetterRecord(t *testing.T) {
 	in := validInbound()
 	rec := &kgo.Record{Topic: kafka.TopicInbound, Partition: 4, Offset: 77, Key: []byte("c1"), Value: mustMarshal(in), Headers: []kgo.RecordHeader{
-		kgoHeader("x-request-id", "r1"), kgoHeader(HeaderDLQAttempts, "4"), kgoHeader(HeaderDLQError, "old"),
-		kgoHeader(HeaderDLQFirstFailedAt, "2030-01-02T03:04:05.006Z"),
+		kgoHeader("x-request-id", "r1"), kgoHeader(kafka.HeaderDLQAttempts, "4"), kgoHeader(kafka.HeaderDLQError, "old"),
+		kgoHeader(kafka.HeaderDLQFirstFailedAt, "2030-01-02T03:04:05.006Z"),
 	}}
 	it := newItem(rec)
 	it.Inbound = in
@@ -243,9 +243,9 @@ func TestDeadLetterRecord(t *testing.T) {
 	d := deadLetterRecord(it)
 	h, keys := headers(d)
 	want := map[string]string{
-		"x-request-id": "r1", HeaderDLQAttempts: "5", HeaderDLQStage: StageAuthorize, HeaderDLQErrorClass: "permanent",
-		HeaderDLQOriginalTopic: kafka.TopicInbound, HeaderDLQOriginalPartition: "4", HeaderDLQOriginalOffset: "77",
-		HeaderDLQFirstFailedAt: "2030-01-02T03:04:05.006Z", HeaderDLQTenantID: "t1",
+		"x-request-id": "r1", kafka.HeaderDLQAttempts: "5", kafka.HeaderDLQStage: StageAuthorize, kafka.HeaderDLQErrorClass: "permanent",
+		kafka.HeaderDLQOriginalTopic: kafka.TopicInbound, kafka.HeaderDLQOriginalPartition: "4", kafka.HeaderDLQOriginalOffset: "77",
+		kafka.HeaderDLQFirstFailedAt: "2030-01-02T03:04:05.006Z", kafka.HeaderDLQTenantID: "t1",
 	}
 	for k, v := range want {
 		if h[k] != v {
@@ -255,7 +255,7 @@ func TestDeadLetterRecord(t *testing.T) {
 	if len(keys) != 10 || d.Topic != kafka.TopicDLQ || string(d.Key) != "c1" {
 		t.Errorf("headers %v, topic %s, key %s", keys, d.Topic, d.Key)
 	}
-	if e := h[HeaderDLQError]; len(e) > maxErrorHeader+len("…") || !strings.HasSuffix(e, "…") || strings.ContainsRune(e, '\uFFFD') {
+	if e := h[kafka.HeaderDLQError]; len(e) > maxErrorHeader+len("…") || !strings.HasSuffix(e, "…") || strings.ContainsRune(e, '\uFFFD') {
 		t.Errorf("dlq.error not clipped cleanly: %d bytes", len(e))
 	}
 }
@@ -335,16 +335,16 @@ func FuzzDeserializeValidate(f *testing.F) {
 		}
 		d := deadLetterRecord(it)
 		h, _ := headers(d)
-		for _, k := range []string{HeaderDLQError, HeaderDLQErrorClass, HeaderDLQStage, HeaderDLQAttempts, HeaderDLQOriginalTopic,
-			HeaderDLQOriginalPartition, HeaderDLQOriginalOffset, HeaderDLQFirstFailedAt, HeaderDLQTenantID} {
+		for _, k := range []string{kafka.HeaderDLQError, kafka.HeaderDLQErrorClass, kafka.HeaderDLQStage, kafka.HeaderDLQAttempts, kafka.HeaderDLQOriginalTopic,
+			kafka.HeaderDLQOriginalPartition, kafka.HeaderDLQOriginalOffset, kafka.HeaderDLQFirstFailedAt, kafka.HeaderDLQTenantID} {
 			if _, ok := h[k]; !ok {
 				t.Fatalf("dead letter lacks %s", k)
 			}
 		}
-		if h[HeaderDLQAttempts] != "1" || h[HeaderDLQOriginalOffset] != "2" || string(d.Value) != string(data) {
+		if h[kafka.HeaderDLQAttempts] != "1" || h[kafka.HeaderDLQOriginalOffset] != "2" || string(d.Value) != string(data) {
 			t.Fatalf("dead letter headers %v", h)
 		}
-		if _, err := time.Parse(time.RFC3339, h[HeaderDLQFirstFailedAt]); err != nil {
+		if _, err := time.Parse(time.RFC3339, h[kafka.HeaderDLQFirstFailedAt]); err != nil {
 			t.Fatalf("first_failed_at: %v", err)
 		}
 	})
