@@ -1,6 +1,7 @@
 package config_test
 
 import (
+	"cmp"
 	"context"
 	"net"
 	"net/url"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/compose-spec/compose-go/v2/loader"
 	"github.com/compose-spec/compose-go/v2/types"
+	"go.yaml.in/yaml/v4"
 
 	"github.com/msgplatform/platform/internal/config"
 	"github.com/msgplatform/platform/internal/kafka"
@@ -124,7 +126,7 @@ func TestComposeLoads(t *testing.T) {
 	if p.Name != composeProjectName {
 		t.Errorf("project name = %q, want %q", p.Name, composeProjectName)
 	}
-	for _, name := range []string{"kafka", "kafka-init", "mongodb", "redis", "gateway", "pipeline"} {
+	for _, name := range []string{"kafka", "kafka-init", "mongodb", "redis", "gateway", "pipeline", "prometheus"} {
 		t.Run(name, func(t *testing.T) {
 			if _, ok := p.Services[name]; !ok {
 				t.Errorf("service %q missing; have %v", name, p.ServiceNames())
@@ -438,5 +440,278 @@ func TestComposeDockerfile(t *testing.T) {
 	}
 	if u := users[len(users)-1][1]; u == "root" || u == "0" || strings.HasPrefix(u, "0:") || strings.HasPrefix(u, "root:") {
 		t.Errorf("Dockerfile: final USER %q is root", u)
+	}
+}
+
+// Prometheus: the prometheus service of docker-compose.yml and the configuration file it mounts.
+const (
+	prometheusService = "prometheus"
+	// Where the prom/prometheus image reads its configuration (--config.file).
+	prometheusConfigTarget = "/etc/prometheus/prometheus.yml"
+	// The repository's configuration file, relative to this package.
+	prometheusConfigFile = "../../deploy/prometheus.yml"
+	// Prometheus's listen port inside its container (the image's default --web.listen-address).
+	prometheusContainerPort = 9090
+)
+
+// promConfig is the part of a Prometheus configuration file the tests read.
+type promConfig struct {
+	Global struct {
+		ScrapeInterval string `yaml:"scrape_interval"`
+		ScrapeTimeout  string `yaml:"scrape_timeout"`
+	} `yaml:"global"`
+	ScrapeConfigs []promScrapeConfig `yaml:"scrape_configs"`
+}
+
+type promScrapeConfig struct {
+	JobName        string `yaml:"job_name"`
+	MetricsPath    string `yaml:"metrics_path"`
+	Scheme         string `yaml:"scheme"`
+	ScrapeInterval string `yaml:"scrape_interval"`
+	ScrapeTimeout  string `yaml:"scrape_timeout"`
+	StaticConfigs  []struct {
+		Targets []string          `yaml:"targets"`
+		Labels  map[string]string `yaml:"labels"`
+	} `yaml:"static_configs"`
+}
+
+// prometheusConfigMount returns the prometheus service's bind mount of its configuration file.
+func prometheusConfigMount(t *testing.T, s types.ServiceConfig) types.ServiceVolumeConfig {
+	t.Helper()
+	for _, v := range s.Volumes {
+		if v.Target == prometheusConfigTarget {
+			return v
+		}
+	}
+	t.Fatalf("%s: nothing mounted at %s: %+v", s.Name, prometheusConfigTarget, s.Volumes)
+	return types.ServiceVolumeConfig{}
+}
+
+// loadPrometheusConfig parses the file the compose file mounts into the prometheus service (so the scrape
+// checks read the file the container would, not one the test merely assumes).
+func loadPrometheusConfig(t *testing.T, p *types.Project) promConfig {
+	t.Helper()
+	src := prometheusConfigMount(t, service(t, p, prometheusService)).Source
+	b, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatalf("prometheus configuration: %v", err)
+	}
+	var c promConfig
+	if err := yaml.Unmarshal(b, &c); err != nil {
+		t.Fatalf("%s: %v", src, err)
+	}
+	return c
+}
+
+// flagValue returns the value of a --name=value argument ("" when absent).
+func flagValue(args []string, name string) string {
+	for _, a := range args {
+		if v, ok := strings.CutPrefix(a, "--"+name+"="); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+func TestComposePrometheus(t *testing.T) {
+	p := mustLoadCompose(t)
+	s := service(t, p, prometheusService)
+	wantConfig, err := filepath.Abs(prometheusConfigFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	for _, tc := range []struct {
+		name  string
+		check func(t *testing.T)
+	}{
+		{"image is the official one, pinned to a v3 release", func(t *testing.T) {
+			if !regexp.MustCompile(`^prom/prometheus:v3\.\d+\.\d+$`).MatchString(s.Image) {
+				t.Errorf("image = %q, want prom/prometheus:v3.<minor>.<patch> (pinned, not latest)", s.Image)
+			}
+		}},
+		{"healthcheck probes /-/ready on its own port", func(t *testing.T) {
+			hc := healthTest(s)
+			want := "http://127.0.0.1:" + strconv.Itoa(prometheusContainerPort) + "/-/ready"
+			if !strings.Contains(hc, want) {
+				t.Errorf("healthcheck %q does not probe %s", hc, want)
+			}
+			// The image is busybox-based: wget is there, curl is not.
+			if len(s.HealthCheck.Test) < 2 || s.HealthCheck.Test[1] != "wget" {
+				t.Errorf("healthcheck %q: want busybox wget", hc)
+			}
+		}},
+		{"configuration mounted read-only from deploy/prometheus.yml", func(t *testing.T) {
+			m := prometheusConfigMount(t, s)
+			if m.Type != types.VolumeTypeBind {
+				t.Errorf("%s: mount type %q, want a bind mount", prometheusConfigTarget, m.Type)
+			}
+			if filepath.Clean(m.Source) != wantConfig {
+				t.Errorf("%s: mounted from %q, want %q", prometheusConfigTarget, m.Source, wantConfig)
+			}
+			if !m.ReadOnly {
+				t.Errorf("%s: mounted read-write, want :ro", prometheusConfigTarget)
+			}
+			// A missing source would make Docker create an empty directory in its place.
+			if fi, err := os.Stat(m.Source); err != nil || !fi.Mode().IsRegular() {
+				t.Errorf("%s: source %q is not a file: %v", prometheusConfigTarget, m.Source, err)
+			}
+			if got := flagValue(s.Command, "config.file"); got != prometheusConfigTarget {
+				t.Errorf("--config.file = %q, want %q", got, prometheusConfigTarget)
+			}
+		}},
+		{"TSDB on a named volume", func(t *testing.T) {
+			path := flagValue(s.Command, "storage.tsdb.path")
+			if path == "" {
+				t.Fatalf("command %q lacks --storage.tsdb.path", s.Command)
+			}
+			i := slices.IndexFunc(s.Volumes, func(v types.ServiceVolumeConfig) bool { return v.Target == path })
+			if i < 0 {
+				t.Fatalf("no volume mounted at --storage.tsdb.path %s: %+v", path, s.Volumes)
+			}
+			v := s.Volumes[i]
+			if v.Type != types.VolumeTypeVolume || v.ReadOnly {
+				t.Errorf("%s: %+v, want a writable named volume", path, v)
+			}
+			if _, ok := p.Volumes[v.Source]; !ok {
+				t.Errorf("volume %q is not declared under the top-level volumes", v.Source)
+			}
+		}},
+		{"published on loopback only, not on the gateway's gRPC port", func(t *testing.T) {
+			grpc := port(t, env(service(t, p, "gateway"))["GRPC_ADDR"])
+			if len(s.Ports) == 0 {
+				t.Fatal("prometheus publishes no port")
+			}
+			for _, pc := range s.Ports {
+				if pc.HostIP != "127.0.0.1" {
+					t.Errorf("port %+v: host_ip %q, want 127.0.0.1 (the UI and API have no authentication)", pc, pc.HostIP)
+				}
+				if pc.Published == strconv.Itoa(int(grpc)) {
+					t.Errorf("port %+v: host port %d is the gateway's gRPC port", pc, grpc)
+				}
+			}
+			if !slices.ContainsFunc(s.Ports, func(pc types.ServicePortConfig) bool {
+				return pc.Target == prometheusContainerPort && pc.Published == "9091"
+			}) {
+				t.Errorf("ports %+v: want 127.0.0.1:9091 -> %d", s.Ports, prometheusContainerPort)
+			}
+		}},
+		{"depends on the services it scrapes", func(t *testing.T) {
+			for _, dep := range platformServices {
+				d, ok := s.DependsOn[dep]
+				if !ok {
+					t.Errorf("prometheus does not depend on %s", dep)
+					continue
+				}
+				if d.Condition != types.ServiceConditionStarted && d.Condition != types.ServiceConditionHealthy {
+					t.Errorf("depends_on %s: condition %q, want service_started or service_healthy", dep, d.Condition)
+				}
+			}
+		}},
+		{"shares a network with the services it scrapes", func(t *testing.T) {
+			for _, name := range platformServices {
+				other := service(t, p, name)
+				shared := false
+				for n := range s.Networks {
+					if _, ok := other.Networks[n]; ok {
+						shared = true
+					}
+				}
+				if !shared {
+					t.Errorf("prometheus (networks %v) cannot reach %s (networks %v)", s.Networks, name, other.Networks)
+				}
+			}
+		}},
+	} {
+		t.Run(tc.name, tc.check)
+	}
+
+	// Docker refuses to start the second of two containers publishing the same host port.
+	t.Run("no two services publish the same host port", func(t *testing.T) {
+		seen := map[string]string{}
+		for _, name := range p.ServiceNames() {
+			for _, pc := range p.Services[name].Ports {
+				if pc.Published == "" { // an ephemeral host port: never clashes
+					continue
+				}
+				proto := cmp.Or(pc.Protocol, "tcp")
+				key := pc.Published + "/" + proto
+				if other, ok := seen[key]; ok {
+					t.Errorf("host port %s published by both %s and %s", key, other, name)
+				}
+				seen[key] = name
+			}
+		}
+	})
+}
+
+func TestComposePrometheusScrapes(t *testing.T) {
+	p := mustLoadCompose(t)
+	c := loadPrometheusConfig(t, p)
+
+	if c.Global.ScrapeInterval != "15s" {
+		t.Errorf("global scrape_interval = %q, want 15s", c.Global.ScrapeInterval)
+	}
+	if c.Global.ScrapeTimeout != "" {
+		interval, err1 := time.ParseDuration(c.Global.ScrapeInterval)
+		timeout, err2 := time.ParseDuration(c.Global.ScrapeTimeout)
+		if err1 != nil || err2 != nil || timeout > interval {
+			t.Errorf("global scrape_timeout %q must not exceed scrape_interval %q", c.Global.ScrapeTimeout, c.Global.ScrapeInterval)
+		}
+	}
+	jobs := map[string]promScrapeConfig{}
+	for _, sc := range c.ScrapeConfigs {
+		if _, dup := jobs[sc.JobName]; dup {
+			t.Errorf("job_name %q appears twice (Prometheus refuses the configuration)", sc.JobName)
+		}
+		jobs[sc.JobName] = sc
+	}
+
+	cases := []struct {
+		service string // compose service, and the host name its target must use
+		job     string
+	}{
+		{"gateway", "gateway"},
+		{"pipeline", "pipeline"},
+	}
+	for _, name := range platformServices {
+		if !slices.ContainsFunc(cases, func(tc struct{ service, job string }) bool { return tc.service == name }) {
+			t.Errorf("platform service %q has no scrape case", name)
+		}
+	}
+	for _, tc := range cases {
+		t.Run(tc.service, func(t *testing.T) {
+			e := env(service(t, p, tc.service))
+			addr := e["METRICS_ADDR"]
+			if addr == "" {
+				t.Fatalf("%s: METRICS_ADDR not set in docker-compose.yml", tc.service)
+			}
+			if _, err := config.Load(func(k string) string { return e[k] }); err != nil {
+				t.Fatalf("%s: %v", tc.service, err)
+			}
+			// Another container can only reach a listener on all interfaces.
+			if host, _, _ := net.SplitHostPort(addr); host != "" && host != "0.0.0.0" && host != "::" {
+				t.Errorf("%s: METRICS_ADDR=%q listens on %s only; Prometheus in another container cannot reach it", tc.service, addr, host)
+			}
+			want := net.JoinHostPort(tc.service, strconv.Itoa(int(port(t, addr))))
+
+			job, ok := jobs[tc.job]
+			if !ok {
+				t.Fatalf("no scrape job %q in %s", tc.job, prometheusConfigFile)
+			}
+			var targets []string
+			for _, sc := range job.StaticConfigs {
+				targets = append(targets, sc.Targets...)
+			}
+			if !slices.Contains(targets, want) {
+				t.Errorf("job %q targets %v, want %s (service name and the port of METRICS_ADDR=%q)", tc.job, targets, want, addr)
+			}
+			if job.MetricsPath != "" && job.MetricsPath != "/metrics" {
+				t.Errorf("job %q metrics_path = %q, want /metrics", tc.job, job.MetricsPath)
+			}
+			if job.Scheme != "" && job.Scheme != "http" {
+				t.Errorf("job %q scheme = %q, want http (the metrics listener is plain HTTP)", tc.job, job.Scheme)
+			}
+		})
 	}
 }
