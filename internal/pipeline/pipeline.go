@@ -293,6 +293,8 @@ func (p *Pipeline) runBatch(ctx context.Context, fetches kgo.Fetches) error {
 		}
 	}
 	p.batchDuration.Observe(time.Since(start).Seconds())
+	p.logger.InfoContext(ctx, "batch done", "records", fetches.NumRecords(), "partitions", len(parts),
+		"dead_lettered", len(dead), "committed_partitions", len(commit), "duration_ms", time.Since(start).Milliseconds())
 	return errors.Join(errs...)
 }
 
