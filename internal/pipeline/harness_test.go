@@ -133,7 +133,22 @@ func (r *running) stop() error {
 	return r.runErr
 }
 
-// metric returns the value of a counter (or a histogram's count) of the registry with the given labels.
+// series counts the label sets a metric has in the registry.
+func (r *running) series(name string) int {
+	mfs, err := r.reg.Gather()
+	if err != nil {
+		panic(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			return len(mf.GetMetric())
+		}
+	}
+	return 0
+}
+
+// metric returns the value of a counter, gauge (or a histogram's count) of the registry with the given
+// labels, summed over the matching series.
 func (r *running) metric(name string, labels ...string) float64 {
 	mfs, err := r.reg.Gather()
 	if err != nil {
@@ -162,6 +177,8 @@ func (r *running) metric(name string, labels ...string) float64 {
 				sum += m.GetCounter().GetValue()
 			case m.GetHistogram() != nil:
 				sum += float64(m.GetHistogram().GetSampleCount())
+			case m.GetGauge() != nil:
+				sum += m.GetGauge().GetValue()
 			}
 		}
 	}

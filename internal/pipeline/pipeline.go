@@ -55,6 +55,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -105,6 +106,7 @@ type Pipeline struct {
 	logger *slog.Logger
 
 	batchRecords  prometheus.Histogram
+	lag           *prometheus.GaugeVec
 	batchDuration prometheus.Histogram
 	commits       *prometheus.CounterVec
 	closeOnce     sync.Once
@@ -145,8 +147,12 @@ func New(cfg Config, brokers []string, stages []Stage, producer Producer, reg pr
 			Namespace: observability.Namespace, Subsystem: "pipeline", Name: "commits_total",
 			Help: "Offset commits by result (ok, error). A failed commit means redelivery, never loss.",
 		}, []string{"result"}),
+		lag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: observability.Namespace, Subsystem: "pipeline", Name: "consumer_lag_records",
+			Help: "Records of messages.inbound not yet consumed, per partition, from the high watermark of the last fetch.",
+		}, []string{"partition"}),
 	}
-	for _, c := range []prometheus.Collector{p.batchRecords, p.batchDuration, p.commits} {
+	for _, c := range []prometheus.Collector{p.batchRecords, p.batchDuration, p.commits, p.lag} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register pipeline metrics: %w", err)
 		}
@@ -255,6 +261,12 @@ func (p *Pipeline) runBatch(ctx context.Context, fetches kgo.Fetches) error {
 		parts[i].items = append(parts[i].items, newItem(r))
 	})
 	p.batchRecords.Observe(float64(fetches.NumRecords()))
+	// Lag from what the fetch response already carries: no extra request to the brokers.
+	fetches.EachPartition(func(fp kgo.FetchTopicPartition) {
+		if n := len(fp.Records); n > 0 {
+			p.lag.WithLabelValues(strconv.Itoa(int(fp.Partition))).Set(float64(fp.HighWatermark - fp.Records[n-1].Offset - 1))
+		}
+	})
 
 	errs := make([]error, len(parts))
 	var wg sync.WaitGroup

@@ -66,6 +66,9 @@ func TestEndToEnd(t *testing.T) {
 	if got := p.metric("platform_bulk_writer_batch_size"); got == 0 {
 		t.Fatal("the bulk writer recorded no batch")
 	}
+	if series, lag := p.series("platform_pipeline_consumer_lag_records"), p.metric("platform_pipeline_consumer_lag_records"); series == 0 || lag != 0 {
+		t.Fatalf("consumer lag: %d partitions reported, total %v; want partitions reported and 0 left once all is stored", series, lag)
+	}
 	t.Logf("bulk inserts: %v for %d messages; polled batches: %v",
 		p.metric("platform_bulk_writer_batch_size"), n, p.metric("platform_pipeline_batch_records"))
 }
