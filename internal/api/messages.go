@@ -21,6 +21,7 @@ import (
 	"github.com/msgplatform/platform/internal/requestid"
 	"github.com/msgplatform/platform/internal/resources"
 	"github.com/msgplatform/platform/internal/store"
+	"github.com/msgplatform/platform/internal/store/changes"
 	"github.com/msgplatform/platform/internal/stream"
 )
 
@@ -221,7 +222,8 @@ func (s *Messages) UpdateMessage(ctx context.Context, req *platformv1.UpdateMess
 		return nil, storeError(ctx, s.Logger, "message", err)
 	}
 	out := resources.MessageToProto(m)
-	s.publish(ctx, &platformv1.Event{Type: platformv1.EventType_EVENT_TYPE_MESSAGE_UPDATED, TenantId: p.TenantID,
+	// The id the change-stream watcher would give the same change, so consumers deduplicate the two.
+	s.publish(ctx, &platformv1.Event{Id: changes.MessageEventID(m.ID, m.Version), Type: platformv1.EventType_EVENT_TYPE_MESSAGE_UPDATED, TenantId: p.TenantID,
 		ConversationId: m.ConversationID, ActorId: p.Subject, Payload: &platformv1.Event_Message{Message: out}})
 	return &platformv1.UpdateMessageResponse{Message: out}, nil
 }
@@ -240,7 +242,7 @@ func (s *Messages) DeleteMessage(ctx context.Context, req *platformv1.DeleteMess
 		return nil, storeError(ctx, s.Logger, "message", err)
 	}
 	out := resources.MessageToProto(m)
-	s.publish(ctx, &platformv1.Event{Type: platformv1.EventType_EVENT_TYPE_MESSAGE_DELETED, TenantId: p.TenantID,
+	s.publish(ctx, &platformv1.Event{Id: changes.MessageEventID(m.ID, m.Version), Type: platformv1.EventType_EVENT_TYPE_MESSAGE_DELETED, TenantId: p.TenantID,
 		ConversationId: m.ConversationID, ActorId: p.Subject, Payload: &platformv1.Event_Message{Message: out}})
 	return &platformv1.DeleteMessageResponse{Message: out}, nil
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/msgplatform/platform/internal/kafka"
 	"github.com/msgplatform/platform/internal/pipeline"
 	"github.com/msgplatform/platform/internal/server"
+	"github.com/msgplatform/platform/internal/watchers"
 )
 
 // Addresses are where a running devstack can be reached.
@@ -94,6 +95,7 @@ func Run(ctx context.Context, cfg config.Config, logger *slog.Logger, onReady fu
 	})
 	g.Go(func() error { return pipeline.Serve(gctx, cfg, pipeline.Config{}, prometheus.NewRegistry(), logger) })
 	g.Go(func() error { return dlq.Serve(gctx, cfg, dlq.Config{}, prometheus.NewRegistry(), logger) })
+	g.Go(func() error { return watchers.Serve(gctx, cfg, prometheus.NewRegistry(), logger) })
 	err = g.Wait()
 	if errors.Is(err, context.Canceled) {
 		return nil

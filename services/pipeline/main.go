@@ -1,7 +1,8 @@
 // Command pipeline runs the Kafka consumers of the platform: the ingest pipeline (messages.inbound →
 // stages → MongoDB, events on messages.events, failures on messages.dlq; see internal/pipeline), and the
 // dead-letter processor and retry scheduler (messages.dlq → dead_letters, republishing due retries; see
-// internal/dlq). It serves /healthz, /readyz (HTTP_ADDR) and /metrics (METRICS_ADDR).
+// internal/dlq), and the change-stream watchers (membership cache invalidation and message events for
+// changes made outside the API; see internal/watchers). It serves /healthz, /readyz (HTTP_ADDR) and /metrics (METRICS_ADDR).
 //
 // Shutdown (SIGTERM/SIGINT): readiness turns 503 at once; polling stops; the batch in hand finishes and
 // is committed (bounded by SHUTDOWN_TIMEOUT); the HTTP listeners close after the drain delay; then the
@@ -25,6 +26,7 @@ import (
 	"github.com/msgplatform/platform/internal/lifecycle"
 	"github.com/msgplatform/platform/internal/observability"
 	"github.com/msgplatform/platform/internal/pipeline"
+	"github.com/msgplatform/platform/internal/watchers"
 )
 
 func main() {
@@ -90,6 +92,7 @@ func run(ctx context.Context, cfg config.Config, logger *slog.Logger) (err error
 	// The consumer stops with gctx: a signal, or a listener or the pipeline failing.
 	g.Go(func() error { return svc.Run(gctx) })
 	g.Go(func() error { return dead.Run(gctx) })
+	g.Go(func() error { return watchers.Serve(gctx, cfg, reg, logger) })
 	logger.Info("pipeline serving health and metrics", "http", cfg.HTTPAddr, "metrics", cfg.MetricsAddr)
 	g.Go(func() error {
 		<-gctx.Done()

@@ -1,0 +1,175 @@
+package changes
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"go.mongodb.org/mongo-driver/v2/bson"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	platformv1 "github.com/msgplatform/platform/gen/platform/v1"
+	"github.com/msgplatform/platform/internal/resources"
+	"github.com/msgplatform/platform/internal/store"
+)
+
+// Invalidator drops one cached membership (*authz.MembershipCache has this method).
+type Invalidator interface {
+	Invalidate(ctx context.Context, tenantID, conversationID, userID string) error
+}
+
+// MembershipInvalidator is the Handler of the memberships collection: every insert, update, replace and
+// delete invalidates the membership cache entry of (tenant, conversation, user), read from the document
+// key (store.ParseMembershipID), which every event carries, deletes included. It catches writes made
+// outside the API (migrations, manual fixes); the API invalidates on its own writes too, so a change is
+// usually invalidated twice, which is harmless. A document key that is not a membership id is skipped.
+type MembershipInvalidator struct{ Cache Invalidator }
+
+// Handle implements Handler.
+func (h MembershipInvalidator) Handle(ctx context.Context, ev Event) error {
+	switch ev.OperationType {
+	case OpInsert, OpUpdate, OpReplace, OpDelete:
+	default:
+		return nil
+	}
+	id, ok := ev.ID().StringValueOK()
+	if !ok {
+		return nil // not a document the store wrote; nothing cached under it
+	}
+	tenant, conversation, user, err := store.ParseMembershipID(id)
+	if err != nil {
+		return nil
+	}
+	if err := h.Cache.Invalidate(ctx, tenant, conversation, user); err != nil {
+		return fmt.Errorf("invalidate membership %s: %w", id, err)
+	}
+	return nil
+}
+
+// Publisher publishes one event (*events.Publisher has this method).
+type Publisher interface {
+	Publish(ctx context.Context, ev *platformv1.Event) error
+}
+
+// MessageEventID is the id of the event of a message at a version. Version 1 (as persisted by the
+// pipeline) is the message id itself, the id the pipeline's notify stage gives its MESSAGE_PERSISTED event;
+// later versions are "{message id}.v{version}". So the change stream's event and the writer's event of
+// the same change carry the same id, and consumers that deduplicate by event id see it once.
+func MessageEventID(messageID string, version int64) string {
+	if version <= 1 {
+		return messageID
+	}
+	return fmt.Sprintf("%s.v%d", messageID, version)
+}
+
+// MessageEvents is the Handler of the messages collection: for insert, update and replace it publishes
+// the message's state (the looked-up full document) to messages.events:
+//   - state persisted, version <= 1: EVENT_TYPE_MESSAGE_PERSISTED, id = message id (same as the pipeline's);
+//   - state deleted: EVENT_TYPE_MESSAGE_DELETED, id = MessageEventID(id, version);
+//   - otherwise: EVENT_TYPE_MESSAGE_UPDATED, id = MessageEventID(id, version).
+//
+// With updateLookup the full document is the CURRENT one, possibly newer than the change: two updates in
+// quick succession may both yield the latest version, under the same event id, which dedupes them.
+// Skipped: messages not yet persisted (state accepted), events without a full document (deleted since),
+// hard deletes (no document to describe; the API only soft-deletes), and documents that do not decode.
+type MessageEvents struct{ Publisher Publisher }
+
+// Handle implements Handler.
+func (h MessageEvents) Handle(ctx context.Context, ev Event) error {
+	switch ev.OperationType {
+	case OpInsert, OpUpdate, OpReplace:
+	default:
+		return nil
+	}
+	if ev.FullDocument == nil {
+		return nil
+	}
+	m, err := DecodeMessage(ev.FullDocument)
+	if err != nil || m.ID == "" || m.TenantID == "" || m.ConversationID == "" {
+		return nil
+	}
+	out := &platformv1.Event{
+		Id:             MessageEventID(m.ID, m.Version),
+		TenantId:       m.TenantID,
+		ConversationId: m.ConversationID,
+		Payload:        &platformv1.Event_Message{Message: resources.MessageToProto(m)},
+	}
+	var at time.Time
+	switch {
+	case m.State == store.MessageDeleted:
+		out.Type = platformv1.EventType_EVENT_TYPE_MESSAGE_DELETED
+		if m.DeleteTime != nil {
+			at = *m.DeleteTime
+		}
+		// The deleter (author, owner or admin) is not stored: ActorId stays empty.
+	case m.State == store.MessagePersisted && m.Version <= 1:
+		out.Type = platformv1.EventType_EVENT_TYPE_MESSAGE_PERSISTED
+		out.ActorId, out.RequestId, at = m.SenderID, m.RequestID, m.PersistTime
+	case m.State == store.MessagePersisted:
+		out.Type = platformv1.EventType_EVENT_TYPE_MESSAGE_UPDATED
+		out.ActorId, at = m.SenderID, m.UpdateTime // only the author may update
+	default:
+		return nil // accepted, not yet persisted
+	}
+	if !at.IsZero() {
+		out.EventTime = timestamppb.New(at)
+	}
+	if err := h.Publisher.Publish(ctx, out); err != nil {
+		return fmt.Errorf("publish %s of message %s: %w", out.Type, m.ID, err)
+	}
+	return nil
+}
+
+// messageDoc mirrors the store's messages document (internal/store/messages.go); TestDecodeMessageMatchesStore
+// checks the two agree on a document the store wrote.
+type messageDoc struct {
+	ID              string     `bson:"_id"`
+	TenantID        string     `bson:"tenant_id"`
+	ConversationID  string     `bson:"conversation_id"`
+	SenderID        string     `bson:"sender_id"`
+	Body            string     `bson:"body"`
+	ClientMessageID string     `bson:"client_message_id,omitempty"`
+	Metadata        []metaPair `bson:"metadata,omitempty"`
+	Mentions        []string   `bson:"mentions,omitempty"`
+	State           string     `bson:"state"`
+	CreateTime      time.Time  `bson:"create_time"`
+	PersistTime     time.Time  `bson:"persist_time"`
+	UpdateTime      time.Time  `bson:"update_time"`
+	EditTime        *time.Time `bson:"edit_time,omitempty"`
+	DeleteTime      *time.Time `bson:"delete_time,omitempty"`
+	Version         int64      `bson:"version"`
+	RequestID       string     `bson:"request_id,omitempty"`
+}
+
+type metaPair struct {
+	K string `bson:"k"`
+	V string `bson:"v"`
+}
+
+// DecodeMessage decodes a messages document (a change event's fullDocument) into a store.Message.
+func DecodeMessage(raw bson.Raw) (store.Message, error) {
+	var d messageDoc
+	if err := bson.Unmarshal(raw, &d); err != nil {
+		return store.Message{}, fmt.Errorf("decode message document: %w", err)
+	}
+	var meta map[string]string
+	if len(d.Metadata) > 0 {
+		meta = make(map[string]string, len(d.Metadata))
+		for _, p := range d.Metadata {
+			meta[p.K] = p.V
+		}
+	}
+	utcPtr := func(t *time.Time) *time.Time {
+		if t == nil {
+			return nil
+		}
+		v := t.UTC()
+		return &v
+	}
+	return store.Message{
+		ID: d.ID, TenantID: d.TenantID, ConversationID: d.ConversationID, SenderID: d.SenderID, Body: d.Body,
+		ClientMessageID: d.ClientMessageID, Metadata: meta, Mentions: d.Mentions, State: store.MessageState(d.State),
+		CreateTime: d.CreateTime.UTC(), PersistTime: d.PersistTime.UTC(), UpdateTime: d.UpdateTime.UTC(),
+		EditTime: utcPtr(d.EditTime), DeleteTime: utcPtr(d.DeleteTime), Version: d.Version, RequestID: d.RequestID,
+	}, nil
+}
