@@ -55,6 +55,9 @@ func storeError(ctx context.Context, logger *slog.Logger, what string, err error
 		return status.Errorf(codes.NotFound, "%s not found", what)
 	case errors.Is(err, store.ErrConflict):
 		return status.Errorf(codes.Aborted, "%s was changed concurrently (version mismatch); read it again and retry", what)
+	case errors.Is(err, store.ErrUnavailable):
+		logger.WarnContext(ctx, "store unavailable (circuit open)", "what", what, "error", err)
+		return status.Error(codes.Unavailable, "storage is unavailable; retry later")
 	case errors.Is(err, store.ErrBadPageToken):
 		return invalid("page_token", "malformed or expired page token")
 	case errors.Is(err, context.Canceled):

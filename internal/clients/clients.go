@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.mongodb.org/mongo-driver/v2/mongo"
@@ -25,6 +26,9 @@ const (
 	Redis         = "redis"
 	Kafka         = "kafka"
 	ChangeStreams = "change_streams"
+	// MongoDBCircuit is the store's circuit breaker: not required (an open circuit is MongoDB's outage,
+	// which the mongodb check already reports), DOWN while open.
+	MongoDBCircuit = "mongodb_circuit"
 )
 
 // Clients are the open connections of one service.
@@ -33,6 +37,10 @@ type Clients struct {
 	DB    *mongo.Database
 	Redis *redis.Client
 	Kafka *kgo.Client
+	// Breaker guards MongoDB calls of the store (store.Guard); its state shows in health and metrics.
+	Breaker *store.Breaker
+
+	mongoMetrics *store.DriverMetrics
 }
 
 // Open connects to MongoDB (waiting up to connectTimeout for it), Redis and Kafka. Redis and Kafka
@@ -49,22 +57,45 @@ func Open(ctx context.Context, cfg config.Config, connectTimeout time.Duration, 
 	if err != nil {
 		return nil, err
 	}
+	breaker, err := store.NewBreaker(store.BreakerConfig{Name: MongoDB}, nil)
+	if err != nil {
+		kc.Close()
+		return nil, err
+	}
 	cctx, cancel := context.WithTimeout(ctx, connectTimeout)
 	defer cancel()
-	mc, err := store.Connect(cctx, cfg.MongoURI)
+	mongoMetrics := store.NewDriverMetrics()
+	mc, err := store.ConnectMonitored(cctx, cfg.MongoURI, mongoMetrics)
 	if err != nil {
 		kc.Close()
 		return nil, err
 	}
 	logger.Info("connected", "mongodb", store.RedactURI(cfg.MongoURI), "database", cfg.MongoDatabase,
 		"kafka", cfg.KafkaBrokers, "redis", redisOpts.Addr)
-	return &Clients{Mongo: mc, DB: mc.Database(cfg.MongoDatabase), Redis: redis.NewClient(redisOpts), Kafka: kc}, nil
+	return &Clients{Breaker: breaker, mongoMetrics: mongoMetrics, Mongo: mc, DB: mc.Database(cfg.MongoDatabase), Redis: redis.NewClient(redisOpts), Kafka: kc}, nil
 }
 
+// Collectors returns the clients' metrics (MongoDB driver pool and server events, the store's circuit
+// breaker), to register once with the service's registry.
+func (c *Clients) Collectors() []prometheus.Collector {
+	var cs []prometheus.Collector
+	if c.mongoMetrics != nil {
+		cs = append(cs, c.mongoMetrics)
+	}
+	if c.Breaker != nil {
+		cs = append(cs, c.Breaker)
+	}
+	return cs
+}
+
+// Guard returns the retry policy and circuit breaker the store should run its MongoDB calls through.
+func (c *Clients) Guard() *store.Guard { return &store.Guard{Breaker: c.Breaker} }
+
 // Dependencies describes the connections as health checks. MongoDB, Redis and Kafka are required;
-// change streams are optional (reported "unsupported" on FerretDB, and the server stays ready).
+// change streams are optional (reported "unsupported" on FerretDB, and the server stays ready), and so is
+// the circuit breaker (mongodb_circuit: down while open, up when closed or half-open).
 func (c *Clients) Dependencies() []health.Dependency {
-	return []health.Dependency{
+	deps := []health.Dependency{
 		{Name: MongoDB, Required: true, Check: func(ctx context.Context) error { return store.Ping(ctx, c.Mongo) }},
 		{Name: Redis, Required: true, Check: func(ctx context.Context) error {
 			if err := c.Redis.Ping(ctx).Err(); err != nil {
@@ -81,6 +112,10 @@ func (c *Clients) Dependencies() []health.Dependency {
 			return err
 		}},
 	}
+	if c.Breaker != nil {
+		deps = append(deps, health.Dependency{Name: MongoDBCircuit, Check: c.Breaker.Check})
+	}
+	return deps
 }
 
 // Close flushes the Kafka producer (bounded by ctx) and closes every client. Flushing first means a

@@ -89,6 +89,8 @@ func TestDevstackEndToEnd(t *testing.T) {
 			"kafka":   platformv1.DependencyStatus_DEPENDENCY_STATUS_UP,
 			// FerretDB has no change streams: reported, not hidden, and the server stays ready.
 			"change_streams": platformv1.DependencyStatus_DEPENDENCY_STATUS_UNSUPPORTED,
+			// The circuit breaker around MongoDB is closed.
+			"mongodb_circuit": platformv1.DependencyStatus_DEPENDENCY_STATUS_UP,
 		}
 		for _, d := range r.GetDependencies() {
 			if want[d.GetName()] != d.GetStatus() {
@@ -205,6 +207,7 @@ func TestDevstackEndToEnd(t *testing.T) {
 			`grpc_server_handled_total{grpc_code="OK",grpc_method="GetHealth",grpc_service="platform.v1.HealthService",grpc_type="unary"}`,
 			`grpc_server_handling_seconds_bucket`, `go_goroutines`, `process_resident_memory_bytes`,
 			`platform_http_requests_total{code="200",method="GET",route="/v1/health"}`,
+			`platform_store_circuit_state{name="mongodb"} 0`, `platform_mongodb_pool_connections_in_use`,
 		} {
 			if !strings.Contains(string(b), want) {
 				t.Errorf("/metrics lacks %s", want)

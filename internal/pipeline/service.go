@@ -52,6 +52,12 @@ func Open(ctx context.Context, cfg config.Config, pcfg Config, reg prometheus.Re
 
 func (s *Service) build(ctx context.Context, cfg config.Config, pcfg Config, reg prometheus.Registerer) error {
 	st := store.New(s.clients.DB)
+	st.SetGuard(s.clients.Guard())
+	for _, c := range s.clients.Collectors() {
+		if err := reg.Register(c); err != nil {
+			return fmt.Errorf("register client metrics: %w", err)
+		}
+	}
 	if err := st.EnsureIndexes(ctx); err != nil {
 		return fmt.Errorf("mongodb indexes: %w", err)
 	}

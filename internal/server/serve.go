@@ -63,10 +63,16 @@ func build(ctx context.Context, cfg config.Config, logger *slog.Logger, cl *clie
 		return nil, err
 	}
 	st := store.New(cl.DB)
+	st.SetGuard(cl.Guard())
 	if err := st.EnsureIndexes(ctx); err != nil {
 		return nil, fmt.Errorf("mongodb indexes: %w", err)
 	}
 	reg := observability.NewRegistry()
+	for _, c := range cl.Collectors() {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("register client metrics: %w", err)
+		}
+	}
 	dir := authz.StoreDirectory{Store: st}
 	members, err := authz.NewMembershipCache(cl.Redis, dir, authz.CacheConfig{}, reg, logger)
 	if err != nil {

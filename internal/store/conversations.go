@@ -168,7 +168,9 @@ func conversationFilter(tenantID, id string) bson.D {
 // Get returns a conversation, archived or not. ErrNotFound if it does not exist in tenantID.
 func (r *Conversations) Get(ctx context.Context, tenantID, id string) (Conversation, error) {
 	var doc conversationDoc
-	if err := r.core.conversations.FindOne(ctx, conversationFilter(tenantID, id)).Decode(&doc); err != nil {
+	if err := r.core.guard.Read(ctx, func(ctx context.Context) error {
+		return r.core.conversations.FindOne(ctx, conversationFilter(tenantID, id)).Decode(&doc)
+	}); err != nil {
 		return Conversation{}, fmt.Errorf("get conversation %s: %w", id, notFound(err))
 	}
 	return doc.conversation(), nil

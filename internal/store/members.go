@@ -102,7 +102,9 @@ func membershipFilter(tenantID, conversationID, userID string) bson.D {
 // conversation is not in tenantID).
 func (r *Members) Get(ctx context.Context, tenantID, conversationID, userID string) (Member, error) {
 	var doc memberDoc
-	if err := r.core.memberships.FindOne(ctx, membershipFilter(tenantID, conversationID, userID)).Decode(&doc); err != nil {
+	if err := r.core.guard.Read(ctx, func(ctx context.Context) error {
+		return r.core.memberships.FindOne(ctx, membershipFilter(tenantID, conversationID, userID)).Decode(&doc)
+	}); err != nil {
 		return Member{}, fmt.Errorf("get member %s of conversation %s: %w", userID, conversationID, notFound(err))
 	}
 	return doc.member(), nil

@@ -227,7 +227,9 @@ func messageFilter(tenantID, conversationID, id string) bson.D {
 // ErrNotFound if it does not exist in that tenant and conversation.
 func (r *Messages) Get(ctx context.Context, tenantID, conversationID, id string) (Message, error) {
 	var doc messageDoc
-	if err := r.core.messages.FindOne(ctx, messageFilter(tenantID, conversationID, id)).Decode(&doc); err != nil {
+	if err := r.core.guard.Read(ctx, func(ctx context.Context) error {
+		return r.core.messages.FindOne(ctx, messageFilter(tenantID, conversationID, id)).Decode(&doc)
+	}); err != nil {
 		return Message{}, fmt.Errorf("get message %s: %w", id, notFound(err))
 	}
 	return doc.message(), nil

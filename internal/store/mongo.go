@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
@@ -17,12 +18,40 @@ import (
 )
 
 // Connect opens a client and pings the primary, retrying until ctx ends. Errors name the URI's hosts,
-// never its credentials.
+// never its credentials. It is ConnectWithMetrics without metrics.
 func Connect(ctx context.Context, uri string) (*mongo.Client, error) {
-	opts := options.Client().ApplyURI(uri).SetServerSelectionTimeout(5 * time.Second).SetAppName("platform")
+	return ConnectWithMetrics(ctx, uri, nil)
+}
+
+// ConnectWithMetrics is Connect with the driver's pool and server-monitoring events turned into metrics
+// registered with reg (see DriverMetrics; nil reg: nothing is registered). A second client on the same
+// registry feeds the same series.
+//
+// Pool and timeout settings come from the URI and are honoured as the driver documents them, e.g.
+// maxPoolSize (default 100), minPoolSize (default 0), maxConnecting, maxIdleTimeMS, waitQueueTimeoutMS,
+// connectTimeoutMS, heartbeatFrequencyMS. serverSelectionTimeoutMS defaults to 5s here (the driver's 30s
+// would hold every call that long during an outage).
+func ConnectWithMetrics(ctx context.Context, uri string, reg prometheus.Registerer) (*mongo.Client, error) {
+	m := NewDriverMetrics()
+	if reg != nil {
+		var err error
+		if m, err = registerDriverMetrics(reg, m); err != nil {
+			return nil, err
+		}
+	}
+	return ConnectMonitored(ctx, uri, m)
+}
+
+// ConnectMonitored is Connect feeding m (which the caller registers, possibly later) from the driver's
+// pool and server-monitoring events.
+func ConnectMonitored(ctx context.Context, uri string, m *DriverMetrics) (*mongo.Client, error) {
+	opts := options.Client().SetServerSelectionTimeout(5 * time.Second).SetAppName("platform").ApplyURI(uri)
+	if m != nil {
+		opts.SetPoolMonitor(m.PoolMonitor()).SetServerMonitor(m.ServerMonitor())
+	}
 	client, err := mongo.Connect(opts)
 	if err != nil {
-		return nil, fmt.Errorf("mongodb %s: configure client: %w", RedactURI(uri), err)
+		return nil, fmt.Errorf("mongodb %s: configure client: %s", RedactURI(uri), redactErr(err, uri))
 	}
 	for {
 		err = client.Ping(ctx, readpref.Primary())
@@ -36,6 +65,18 @@ func Connect(ctx context.Context, uri string) (*mongo.Client, error) {
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
+}
+
+// redactErr returns err's text with the URI's password, if any, replaced: the driver's URI parse errors
+// may quote the URI.
+func redactErr(err error, uri string) string {
+	msg := err.Error()
+	if u, perr := url.Parse(uri); perr == nil && u.User != nil {
+		if pw, ok := u.User.Password(); ok && pw != "" {
+			msg = strings.ReplaceAll(msg, pw, "xxxxx")
+		}
+	}
+	return msg
 }
 
 // RedactURI returns the URI's scheme and hosts only, for messages and logs.

@@ -47,6 +47,7 @@ type storeCore struct {
 	memberships   *mongo.Collection
 	messages      *mongo.Collection
 	clock         func() time.Time
+	guard         *Guard // retry policy and circuit breaker; nil runs calls directly
 }
 
 // New returns the repositories over db. It does no I/O; call EnsureIndexes once at start-up.
@@ -69,6 +70,10 @@ func New(db *mongo.Database) *Store {
 // SetClock replaces the clock used for create, update and delete times the callers do not pass in
 // (tests). Call it before the store is used.
 func (s *Store) SetClock(now func() time.Time) { s.core.clock = now }
+
+// SetGuard runs the repositories' MongoDB calls through g (retry policy and circuit breaker). Call it
+// before the store is used.
+func (s *Store) SetGuard(g *Guard) { s.core.guard = g }
 
 // Database returns the database the store works on.
 func (s *Store) Database() *mongo.Database { return s.core.db }
