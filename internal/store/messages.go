@@ -94,6 +94,15 @@ func decodeMetadata(ps []metaPair) map[string]string {
 	return out
 }
 
+// DecodeMessage decodes a document of the messages collection (e.g. a change event's fullDocument).
+func DecodeMessage(raw bson.Raw) (Message, error) {
+	var d messageDoc
+	if err := bson.Unmarshal(raw, &d); err != nil {
+		return Message{}, fmt.Errorf("decode message document: %w", err)
+	}
+	return d.message(), nil
+}
+
 func (d messageDoc) message() Message {
 	return Message{
 		ID:              d.ID,

@@ -50,7 +50,7 @@ func TestFerretDBUnsupported(t *testing.T) {
 	}
 }
 
-// DecodeMessage must read what the store writes (its document type is private to internal/store).
+// store.DecodeMessage reads a change event's fullDocument exactly as the store reads its own documents.
 func TestDecodeMessageMatchesStore(t *testing.T) {
 	ctx := context.Background()
 	db := ferretDB(t)
@@ -66,7 +66,7 @@ func TestDecodeMessageMatchesStore(t *testing.T) {
 	if err := db.Collection(store.MessagesCollection).FindOne(ctx, bson.D{{Key: "_id", Value: msg.ID}}).Decode(&raw); err != nil {
 		t.Fatal(err)
 	}
-	got, err := DecodeMessage(raw)
+	got, err := store.DecodeMessage(raw)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,6 +75,6 @@ func TestDecodeMessageMatchesStore(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !reflect.DeepEqual(got, want) {
-		t.Errorf("DecodeMessage = %+v\nstore reads  %+v", got, want)
+		t.Errorf("store.DecodeMessage = %+v\nstore reads  %+v", got, want)
 	}
 }

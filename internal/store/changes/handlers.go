@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"time"
 
-	"go.mongodb.org/mongo-driver/v2/bson"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	platformv1 "github.com/msgplatform/platform/gen/platform/v1"
@@ -84,7 +83,7 @@ func (h MessageEvents) Handle(ctx context.Context, ev Event) error {
 	if ev.FullDocument == nil {
 		return nil
 	}
-	m, err := DecodeMessage(ev.FullDocument)
+	m, err := store.DecodeMessage(ev.FullDocument)
 	if err != nil || m.ID == "" || m.TenantID == "" || m.ConversationID == "" {
 		return nil
 	}
@@ -118,58 +117,4 @@ func (h MessageEvents) Handle(ctx context.Context, ev Event) error {
 		return fmt.Errorf("publish %s of message %s: %w", out.Type, m.ID, err)
 	}
 	return nil
-}
-
-// messageDoc mirrors the store's messages document (internal/store/messages.go); TestDecodeMessageMatchesStore
-// checks the two agree on a document the store wrote.
-type messageDoc struct {
-	ID              string     `bson:"_id"`
-	TenantID        string     `bson:"tenant_id"`
-	ConversationID  string     `bson:"conversation_id"`
-	SenderID        string     `bson:"sender_id"`
-	Body            string     `bson:"body"`
-	ClientMessageID string     `bson:"client_message_id,omitempty"`
-	Metadata        []metaPair `bson:"metadata,omitempty"`
-	Mentions        []string   `bson:"mentions,omitempty"`
-	State           string     `bson:"state"`
-	CreateTime      time.Time  `bson:"create_time"`
-	PersistTime     time.Time  `bson:"persist_time"`
-	UpdateTime      time.Time  `bson:"update_time"`
-	EditTime        *time.Time `bson:"edit_time,omitempty"`
-	DeleteTime      *time.Time `bson:"delete_time,omitempty"`
-	Version         int64      `bson:"version"`
-	RequestID       string     `bson:"request_id,omitempty"`
-}
-
-type metaPair struct {
-	K string `bson:"k"`
-	V string `bson:"v"`
-}
-
-// DecodeMessage decodes a messages document (a change event's fullDocument) into a store.Message.
-func DecodeMessage(raw bson.Raw) (store.Message, error) {
-	var d messageDoc
-	if err := bson.Unmarshal(raw, &d); err != nil {
-		return store.Message{}, fmt.Errorf("decode message document: %w", err)
-	}
-	var meta map[string]string
-	if len(d.Metadata) > 0 {
-		meta = make(map[string]string, len(d.Metadata))
-		for _, p := range d.Metadata {
-			meta[p.K] = p.V
-		}
-	}
-	utcPtr := func(t *time.Time) *time.Time {
-		if t == nil {
-			return nil
-		}
-		v := t.UTC()
-		return &v
-	}
-	return store.Message{
-		ID: d.ID, TenantID: d.TenantID, ConversationID: d.ConversationID, SenderID: d.SenderID, Body: d.Body,
-		ClientMessageID: d.ClientMessageID, Metadata: meta, Mentions: d.Mentions, State: store.MessageState(d.State),
-		CreateTime: d.CreateTime.UTC(), PersistTime: d.PersistTime.UTC(), UpdateTime: d.UpdateTime.UTC(),
-		EditTime: utcPtr(d.EditTime), DeleteTime: utcPtr(d.DeleteTime), Version: d.Version, RequestID: d.RequestID,
-	}, nil
 }
