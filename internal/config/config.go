@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -26,7 +27,9 @@ type Config struct {
 	ProduceTimeout time.Duration
 	MongoURI       string
 	MongoDatabase  string
-	RedisURL       string
+	// MongoWriteConcern is "majority" or a number of nodes, for the pipeline's message inserts.
+	MongoWriteConcern string
+	RedisURL          string
 
 	AuthHMACSecret string
 	AuthJWKSFile   string
@@ -69,6 +72,7 @@ var Vars = []Var{
 	{"KAFKA_PRODUCE_TIMEOUT", "10s", "how long a produce waits for Kafka's acknowledgement before the call fails with UNAVAILABLE"},
 	{"MONGO_URI", "", "MongoDB connection string; required outside devstack"},
 	{"MONGO_DATABASE", "platform", "MongoDB database name"},
+	{"MONGO_WRITE_CONCERN", "majority", "write concern of the pipeline's message inserts: majority or a number of nodes (FerretDB ignores it)"},
 	{"REDIS_URL", "", "Redis URL (redis://[:password@]host:port/db); required outside devstack"},
 	{"AUTH_HMAC_SECRET", "", "HS256 secret for bearer JWTs (at least 32 bytes)"},
 	{"AUTH_JWKS_FILE", "", "path of a JWKS file with RS256/ES256 public keys"},
@@ -137,6 +141,7 @@ func Load(getenv Getenv) (Config, error) {
 		MetricsAddr:        addr("METRICS_ADDR"),
 		MongoURI:           get("MONGO_URI"),
 		MongoDatabase:      get("MONGO_DATABASE"),
+		MongoWriteConcern:  get("MONGO_WRITE_CONCERN"),
 		RedisURL:           get("REDIS_URL"),
 		AuthHMACSecret:     getenv("AUTH_HMAC_SECRET"), // not trimmed: every byte of a secret counts
 		AuthJWKSFile:       get("AUTH_JWKS_FILE"),
@@ -169,6 +174,11 @@ func Load(getenv Getenv) (Config, error) {
 	}
 	if c.MongoURI != "" && !strings.HasPrefix(c.MongoURI, "mongodb://") && !strings.HasPrefix(c.MongoURI, "mongodb+srv://") {
 		errs = append(errs, errors.New("MONGO_URI: want a mongodb:// or mongodb+srv:// URI"))
+	}
+	if wc := c.MongoWriteConcern; wc != "majority" {
+		if n, err := strconv.Atoi(wc); err != nil || n < 0 {
+			errs = append(errs, fmt.Errorf("MONGO_WRITE_CONCERN=%q: want majority or a number of nodes", wc))
+		}
 	}
 	if c.RedisURL != "" {
 		if u, err := url.Parse(c.RedisURL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") {

@@ -83,6 +83,7 @@ func TestLoadRejectsBadValues(t *testing.T) {
 		{"HEALTH_CHECK_INTERVAL", "soon"},
 		{"LOG_LEVEL", "loud"},
 		{"LOG_FORMAT", "xml"},
+		{"MONGO_WRITE_CONCERN", "all"},
 		{"DEVSTACK_MONGO_ADDR", "27018"},
 	}
 	for _, tc := range tests {

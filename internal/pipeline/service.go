@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.mongodb.org/mongo-driver/v2/mongo/writeconcern"
 
 	"github.com/msgplatform/platform/internal/authz"
 	"github.com/msgplatform/platform/internal/clients"
@@ -36,6 +38,9 @@ type Service struct {
 func Open(ctx context.Context, cfg config.Config, pcfg Config, reg prometheus.Registerer, logger *slog.Logger) (*Service, error) {
 	if pcfg.DrainTimeout <= 0 {
 		pcfg.DrainTimeout = cfg.ShutdownTimeout
+	}
+	if pcfg.WriteConcern == nil {
+		pcfg.WriteConcern = writeConcern(cfg.MongoWriteConcern)
 	}
 	pcfg = pcfg.withDefaults()
 	cl, err := clients.Open(ctx, cfg, connectTimeout, logger)
@@ -118,4 +123,12 @@ func Serve(ctx context.Context, cfg config.Config, pcfg Config, reg prometheus.R
 	closeCtx, cancel := context.WithTimeout(context.Background(), s.timeout)
 	defer cancel()
 	return errors.Join(runErr, s.Close(closeCtx))
+}
+
+// writeConcern turns MONGO_WRITE_CONCERN (validated by internal/config) into the driver's value.
+func writeConcern(v string) *writeconcern.WriteConcern {
+	if n, err := strconv.Atoi(v); err == nil {
+		return &writeconcern.WriteConcern{W: n}
+	}
+	return writeconcern.Majority()
 }
