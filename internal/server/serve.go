@@ -87,6 +87,7 @@ func build(ctx context.Context, cfg config.Config, logger *slog.Logger, cl *clie
 		return nil, err
 	}
 	deadLetters := store.NewDeadLetters(cl.DB)
+	deadLetters.SetGuard(cl.Guard())
 	if err := deadLetters.EnsureIndexes(ctx); err != nil {
 		return nil, fmt.Errorf("mongodb indexes: %w", err)
 	}

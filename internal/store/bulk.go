@@ -114,17 +114,25 @@ func NewBulkWriter(s *Store, cfg BulkConfig, reg prometheus.Registerer, logger *
 		cfg:    cfg,
 		logger: logger,
 		now:    s.core.now,
+		// The guard is read from the core at each call, so SetGuard after NewBulkWriter takes effect.
+		// Inserts go through the breaker only (never retried here; a duplicate key is not a failure).
 		insert: func(ctx context.Context, docs []any) error {
-			_, err := coll.InsertMany(ctx, docs, options.InsertMany().SetOrdered(false))
-			return err
+			return s.core.guard.Write(ctx, func(ctx context.Context) error {
+				_, err := coll.InsertMany(ctx, docs, options.InsertMany().SetOrdered(false))
+				return err
+			})
 		},
 		find: func(ctx context.Context, ids []string) ([]messageDoc, error) {
-			cur, err := coll.Find(ctx, bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: ids}}}})
-			if err != nil {
-				return nil, err
-			}
 			var docs []messageDoc
-			if err := cur.All(ctx, &docs); err != nil {
+			err := s.core.guard.Read(ctx, func(ctx context.Context) error {
+				docs = nil
+				cur, err := coll.Find(ctx, bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: ids}}}})
+				if err != nil {
+					return err
+				}
+				return cur.All(ctx, &docs)
+			})
+			if err != nil {
 				return nil, err
 			}
 			return docs, nil

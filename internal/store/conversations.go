@@ -94,7 +94,9 @@ func (r *Conversations) Create(ctx context.Context, c Conversation, members []Me
 	now := r.core.now()
 
 	// An existing id would get the new memberships mixed into its own, so refuse it before writing any.
-	if err := r.core.conversations.FindOne(ctx, bson.D{{Key: "_id", Value: c.ID}}).Err(); err == nil {
+	if err := r.core.guard.Read(ctx, func(ctx context.Context) error {
+		return r.core.conversations.FindOne(ctx, bson.D{{Key: "_id", Value: c.ID}}).Err()
+	}); err == nil {
 		return Conversation{}, fmt.Errorf("create conversation %s: %w", c.ID, ErrAlreadyExists)
 	} else if !errors.Is(err, mongo.ErrNoDocuments) {
 		return Conversation{}, fmt.Errorf("create conversation %s: %w", c.ID, err)
@@ -135,7 +137,10 @@ func (r *Conversations) Create(ctx context.Context, c Conversation, members []Me
 		add(m)
 	}
 
-	if _, err := r.core.memberships.InsertMany(ctx, docs, options.InsertMany().SetOrdered(false)); err != nil {
+	if err := r.core.guard.Write(ctx, func(ctx context.Context) error {
+		_, err := r.core.memberships.InsertMany(ctx, docs, options.InsertMany().SetOrdered(false))
+		return err
+	}); err != nil {
 		if _, _, err := splitDuplicates(err); err != nil {
 			return Conversation{}, fmt.Errorf("create conversation %s: insert members: %w", c.ID, err)
 		}
@@ -152,7 +157,10 @@ func (r *Conversations) Create(ctx context.Context, c Conversation, members []Me
 		UpdateTime:  now,
 		Version:     1,
 	}
-	if _, err := r.core.conversations.InsertOne(ctx, doc); err != nil {
+	if err := r.core.guard.Write(ctx, func(ctx context.Context) error {
+		_, err := r.core.conversations.InsertOne(ctx, doc)
+		return err
+	}); err != nil {
 		if mongo.IsDuplicateKeyError(err) {
 			return Conversation{}, fmt.Errorf("create conversation %s: %w", c.ID, ErrAlreadyExists)
 		}
@@ -246,8 +254,10 @@ func (r *Conversations) Archive(ctx context.Context, tenantID, id string) (Conve
 
 func (r *Conversations) findOneAndUpdate(ctx context.Context, filter, update bson.D) (conversationDoc, error) {
 	var doc conversationDoc
-	err := r.core.conversations.FindOneAndUpdate(ctx, filter, update,
-		options.FindOneAndUpdate().SetReturnDocument(options.After)).Decode(&doc)
+	err := r.core.guard.Write(ctx, func(ctx context.Context) error {
+		return r.core.conversations.FindOneAndUpdate(ctx, filter, update,
+			options.FindOneAndUpdate().SetReturnDocument(options.After)).Decode(&doc)
+	})
 	return doc, err
 }
 
@@ -281,18 +291,24 @@ func (r *Conversations) ListForUser(ctx context.Context, tenantID, userID string
 		if after != "" {
 			filter = append(filter, bson.E{Key: "conversation_id", Value: bson.D{{Key: "$lt", Value: after}}})
 		}
-		cur, err := r.core.memberships.Find(ctx, filter, options.Find().
-			SetSort(bson.D{{Key: "conversation_id", Value: -1}}).
-			SetLimit(batch).
-			SetProjection(bson.D{{Key: "conversation_id", Value: 1}}))
-		if err != nil {
-			return nil, "", fmt.Errorf("list conversations: find memberships: %w", err)
-		}
 		var ms []struct {
 			ConversationID string `bson:"conversation_id"`
 		}
-		if err := cur.All(ctx, &ms); err != nil {
-			return nil, "", fmt.Errorf("list conversations: read memberships: %w", err)
+		if err := r.core.guard.Read(ctx, func(ctx context.Context) error {
+			ms = nil
+			cur, err := r.core.memberships.Find(ctx, filter, options.Find().
+				SetSort(bson.D{{Key: "conversation_id", Value: -1}}).
+				SetLimit(batch).
+				SetProjection(bson.D{{Key: "conversation_id", Value: 1}}))
+			if err != nil {
+				return fmt.Errorf("find memberships: %w", err)
+			}
+			if err := cur.All(ctx, &ms); err != nil {
+				return fmt.Errorf("read memberships: %w", err)
+			}
+			return nil
+		}); err != nil {
+			return nil, "", fmt.Errorf("list conversations: %w", err)
 		}
 		if len(ms) == 0 {
 			break
@@ -332,13 +348,19 @@ func (r *Conversations) byIDs(ctx context.Context, tenantID string, ids []string
 	if !includeArchived {
 		filter = append(filter, bson.E{Key: "state", Value: bson.D{{Key: "$ne", Value: string(ConversationArchived)}}})
 	}
-	cur, err := r.core.conversations.Find(ctx, filter)
-	if err != nil {
-		return nil, fmt.Errorf("find conversations: %w", err)
-	}
 	var docs []conversationDoc
-	if err := cur.All(ctx, &docs); err != nil {
-		return nil, fmt.Errorf("read conversations: %w", err)
+	if err := r.core.guard.Read(ctx, func(ctx context.Context) error {
+		docs = nil
+		cur, err := r.core.conversations.Find(ctx, filter)
+		if err != nil {
+			return fmt.Errorf("find conversations: %w", err)
+		}
+		if err := cur.All(ctx, &docs); err != nil {
+			return fmt.Errorf("read conversations: %w", err)
+		}
+		return nil
+	}); err != nil {
+		return nil, err
 	}
 	out := make(map[string]Conversation, len(docs))
 	for _, d := range docs {
@@ -350,9 +372,12 @@ func (r *Conversations) byIDs(ctx context.Context, tenantID string, ids []string
 // adjustMemberCount adds delta to a conversation's member_count, bumping its version and update_time.
 // A missing conversation is not an error (nothing to keep in step).
 func (c *storeCore) adjustMemberCount(ctx context.Context, tenantID, conversationID string, delta int64, now time.Time) error {
-	_, err := c.conversations.UpdateOne(ctx, conversationFilter(tenantID, conversationID), bson.D{
-		{Key: "$inc", Value: bson.D{{Key: "member_count", Value: delta}, {Key: "version", Value: int64(1)}}},
-		{Key: "$set", Value: bson.D{{Key: "update_time", Value: now}}},
+	err := c.guard.Write(ctx, func(ctx context.Context) error {
+		_, err := c.conversations.UpdateOne(ctx, conversationFilter(tenantID, conversationID), bson.D{
+			{Key: "$inc", Value: bson.D{{Key: "member_count", Value: delta}, {Key: "version", Value: int64(1)}}},
+			{Key: "$set", Value: bson.D{{Key: "update_time", Value: now}}},
+		})
+		return err
 	})
 	if err != nil {
 		return fmt.Errorf("update member count of conversation %s: %w", conversationID, err)

@@ -221,6 +221,7 @@ type DeadLetters struct {
 	coll   *mongo.Collection
 	claims *mongo.Collection
 	clock  func() time.Time
+	guard  *Guard // retry policy and circuit breaker; nil runs calls directly
 }
 
 // NewDeadLetters returns the repository over db. It does no I/O; call EnsureIndexes once at start-up.
@@ -234,6 +235,10 @@ func NewDeadLetters(db *mongo.Database) *DeadLetters {
 
 // SetClock replaces the clock (tests). Call it before the repository is used.
 func (r *DeadLetters) SetClock(now func() time.Time) { r.clock = now }
+
+// SetGuard runs the repository's MongoDB calls through g (retry policy and circuit breaker): reads
+// through g.Read, writes through g.Write. Call it before the repository is used.
+func (r *DeadLetters) SetGuard(g *Guard) { r.guard = g }
 
 // Now returns the repository's clock as stored (UTC, milliseconds).
 func (r *DeadLetters) Now() time.Time { return storeTime(r.clock()) }
@@ -285,7 +290,10 @@ func (r *DeadLetters) InsertMany(ctx context.Context, dls []DeadLetter) ([]Inser
 		docs[i] = newDeadLetterDoc(d, now)
 	}
 	results := make([]InsertResult, len(dls))
-	_, err := r.coll.InsertMany(ctx, docs, options.InsertMany().SetOrdered(false))
+	err := r.guard.Write(ctx, func(ctx context.Context) error {
+		_, err := r.coll.InsertMany(ctx, docs, options.InsertMany().SetOrdered(false))
+		return err
+	})
 	if err == nil {
 		return results, nil
 	}
@@ -386,7 +394,9 @@ func (r *DeadLetters) Get(ctx context.Context, id string) (DeadLetter, error) {
 
 func (r *DeadLetters) get(ctx context.Context, id string) (deadLetterDoc, error) {
 	var doc deadLetterDoc
-	err := r.coll.FindOne(ctx, bson.D{{Key: "_id", Value: id}}).Decode(&doc)
+	err := r.guard.Read(ctx, func(ctx context.Context) error {
+		return r.coll.FindOne(ctx, bson.D{{Key: "_id", Value: id}}).Decode(&doc)
+	})
 	return doc, notFound(err)
 }
 
@@ -479,12 +489,15 @@ func (r *DeadLetters) page(ctx context.Context, q bson.D, after string, size int
 	if after != "" {
 		q = append(slices.Clone(q), bson.E{Key: "seq", Value: bson.D{{Key: "$lt", Value: after}}})
 	}
-	cur, err := r.coll.Find(ctx, q, options.Find().SetSort(bson.D{{Key: "seq", Value: -1}}).SetLimit(int64(size)+1))
-	if err != nil {
-		return nil, err
-	}
 	var docs []deadLetterDoc
-	if err := cur.All(ctx, &docs); err != nil {
+	if err := r.guard.Read(ctx, func(ctx context.Context) error {
+		docs = nil
+		cur, err := r.coll.Find(ctx, q, options.Find().SetSort(bson.D{{Key: "seq", Value: -1}}).SetLimit(int64(size)+1))
+		if err != nil {
+			return err
+		}
+		return cur.All(ctx, &docs)
+	}); err != nil {
 		return nil, err
 	}
 	return docs, nil
@@ -525,13 +538,17 @@ func (r *DeadLetters) Each(ctx context.Context, f DeadLetterFilter, batch int, f
 // Due returns up to limit entries the scheduler must handle now: pending retries whose time has come and
 // claims whose lease expired (their holder died), soonest first.
 func (r *DeadLetters) Due(ctx context.Context, limit int) ([]DeadLetter, error) {
-	cur, err := r.coll.Find(ctx, bson.D{{Key: "due_time", Value: bson.D{{Key: "$lte", Value: r.Now()}}}},
-		options.Find().SetSort(bson.D{{Key: "due_time", Value: 1}}).SetLimit(int64(limit)))
-	if err != nil {
-		return nil, fmt.Errorf("due dead letters: %w", err)
-	}
+	now := r.Now()
 	var docs []deadLetterDoc
-	if err := cur.All(ctx, &docs); err != nil {
+	if err := r.guard.Read(ctx, func(ctx context.Context) error {
+		docs = nil
+		cur, err := r.coll.Find(ctx, bson.D{{Key: "due_time", Value: bson.D{{Key: "$lte", Value: now}}}},
+			options.Find().SetSort(bson.D{{Key: "due_time", Value: 1}}).SetLimit(int64(limit)))
+		if err != nil {
+			return err
+		}
+		return cur.All(ctx, &docs)
+	}); err != nil {
 		return nil, fmt.Errorf("due dead letters: %w", err)
 	}
 	out := make([]DeadLetter, len(docs))
@@ -704,16 +721,21 @@ func (r *DeadLetters) PurgeMatching(ctx context.Context, f DeadLetterFilter, act
 				bson.D{{Key: "lease_until", Value: bson.D{{Key: "$lte", Value: now}}}},
 			}}},
 		}})
-	res, err := r.coll.UpdateMany(ctx, q, bson.D{
-		{Key: "$set", Value: bson.D{
-			{Key: "status", Value: string(DeadLetterPurged)},
-			{Key: "purge_time", Value: now},
-			{Key: "last_actor", Value: actor},
-			{Key: "update_time", Value: now},
-		}},
-		{Key: "$unset", Value: append(slices.Clone(unsetClaim),
-			bson.E{Key: "payload", Value: ""}, bson.E{Key: "due_time", Value: ""}, bson.E{Key: "next_retry_time", Value: ""})},
-		{Key: "$inc", Value: bson.D{{Key: "version", Value: int64(1)}}},
+	var res *mongo.UpdateResult
+	err := r.guard.Write(ctx, func(ctx context.Context) error {
+		var err error
+		res, err = r.coll.UpdateMany(ctx, q, bson.D{
+			{Key: "$set", Value: bson.D{
+				{Key: "status", Value: string(DeadLetterPurged)},
+				{Key: "purge_time", Value: now},
+				{Key: "last_actor", Value: actor},
+				{Key: "update_time", Value: now},
+			}},
+			{Key: "$unset", Value: append(slices.Clone(unsetClaim),
+				bson.E{Key: "payload", Value: ""}, bson.E{Key: "due_time", Value: ""}, bson.E{Key: "next_retry_time", Value: ""})},
+			{Key: "$inc", Value: bson.D{{Key: "version", Value: int64(1)}}},
+		})
+		return err
 	})
 	if err != nil {
 		return 0, fmt.Errorf("purge dead letters: %w", err)
@@ -751,8 +773,10 @@ func (r *DeadLetters) transition(ctx context.Context, what, id string, version i
 		update = append(update, bson.E{Key: "$unset", Value: unset})
 	}
 	var doc deadLetterDoc
-	err = r.coll.FindOneAndUpdate(ctx, bson.D{{Key: "_id", Value: id}, {Key: "version", Value: version}}, update,
-		options.FindOneAndUpdate().SetReturnDocument(options.After)).Decode(&doc)
+	err = r.guard.Write(ctx, func(ctx context.Context) error {
+		return r.coll.FindOneAndUpdate(ctx, bson.D{{Key: "_id", Value: id}, {Key: "version", Value: version}}, update,
+			options.FindOneAndUpdate().SetReturnDocument(options.After)).Decode(&doc)
+	})
 	if errors.Is(err, mongo.ErrNoDocuments) {
 		return fail(fmt.Errorf("changed during the update: %w", ErrConflict))
 	}
@@ -767,19 +791,27 @@ func (r *DeadLetters) transition(ctx context.Context, what, id string, version i
 func (r *DeadLetters) fence(ctx context.Context, fenceID string, now time.Time) (func(), error) {
 	token := randomToken()
 	for attempt := 0; attempt < 2; attempt++ {
-		_, err := r.claims.InsertOne(ctx, claimDoc{ID: fenceID, Token: token, ExpireTime: now.Add(fenceTTL)})
+		err := r.guard.Write(ctx, func(ctx context.Context) error {
+			_, err := r.claims.InsertOne(ctx, claimDoc{ID: fenceID, Token: token, ExpireTime: now.Add(fenceTTL)})
+			return err
+		})
 		if err == nil {
 			return func() {
 				dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 				defer cancel()
-				_, _ = r.claims.DeleteOne(dctx, bson.D{{Key: "_id", Value: fenceID}})
+				_ = r.guard.Write(dctx, func(ctx context.Context) error {
+					_, err := r.claims.DeleteOne(ctx, bson.D{{Key: "_id", Value: fenceID}})
+					return err
+				})
 			}, nil
 		}
 		if !mongo.IsDuplicateKeyError(err) {
 			return nil, fmt.Errorf("claim: %w", err)
 		}
 		var held claimDoc
-		if err := r.claims.FindOne(ctx, bson.D{{Key: "_id", Value: fenceID}}).Decode(&held); err != nil {
+		if err := r.guard.Read(ctx, func(ctx context.Context) error {
+			return r.claims.FindOne(ctx, bson.D{{Key: "_id", Value: fenceID}}).Decode(&held)
+		}); err != nil {
 			if errors.Is(err, mongo.ErrNoDocuments) {
 				continue // released meanwhile: try once more
 			}
@@ -789,7 +821,10 @@ func (r *DeadLetters) fence(ctx context.Context, fenceID string, now time.Time) 
 			return nil, fmt.Errorf("held by another retrier: %w", ErrConflict)
 		}
 		// Left behind by a crash: remove exactly that one (its token), then try once more.
-		if _, err := r.claims.DeleteOne(ctx, bson.D{{Key: "_id", Value: fenceID}, {Key: "token", Value: held.Token}}); err != nil {
+		if err := r.guard.Write(ctx, func(ctx context.Context) error {
+			_, err := r.claims.DeleteOne(ctx, bson.D{{Key: "_id", Value: fenceID}, {Key: "token", Value: held.Token}})
+			return err
+		}); err != nil {
 			return nil, fmt.Errorf("claim: remove expired fence: %w", err)
 		}
 	}
@@ -839,9 +874,11 @@ func (r *DeadLetters) Stats(ctx context.Context, tenantID string) (DeadLetterSta
 	}
 	pending := append(slices.Clone(match), bson.E{Key: "status", Value: bson.D{{Key: "$in", Value: bson.A{string(DeadLetterPendingRetry), string(DeadLetterRetrying)}}}})
 	var oldest deadLetterDoc
-	err := r.coll.FindOne(ctx, pending, options.FindOne().
-		SetSort(bson.D{{Key: "last_failure_time", Value: 1}}).
-		SetProjection(bson.D{{Key: "last_failure_time", Value: 1}})).Decode(&oldest)
+	err := r.guard.Read(ctx, func(ctx context.Context) error {
+		return r.coll.FindOne(ctx, pending, options.FindOne().
+			SetSort(bson.D{{Key: "last_failure_time", Value: 1}}).
+			SetProjection(bson.D{{Key: "last_failure_time", Value: 1}})).Decode(&oldest)
+	})
 	switch {
 	case errors.Is(err, mongo.ErrNoDocuments):
 	case err != nil:
@@ -855,18 +892,21 @@ func (r *DeadLetters) Stats(ctx context.Context, tenantID string) (DeadLetterSta
 
 // countBy groups the documents matching match by field and counts them.
 func (r *DeadLetters) countBy(ctx context.Context, match bson.D, field string) (map[string]int64, error) {
-	cur, err := r.coll.Aggregate(ctx, mongo.Pipeline{
-		{{Key: "$match", Value: match}},
-		{{Key: "$group", Value: bson.D{{Key: "_id", Value: "$" + field}, {Key: "n", Value: bson.D{{Key: "$sum", Value: 1}}}}}},
-	})
-	if err != nil {
-		return nil, err
-	}
 	var rows []struct {
 		ID any   `bson:"_id"`
 		N  int64 `bson:"n"`
 	}
-	if err := cur.All(ctx, &rows); err != nil {
+	if err := r.guard.Read(ctx, func(ctx context.Context) error {
+		rows = nil
+		cur, err := r.coll.Aggregate(ctx, mongo.Pipeline{
+			{{Key: "$match", Value: match}},
+			{{Key: "$group", Value: bson.D{{Key: "_id", Value: "$" + field}, {Key: "n", Value: bson.D{{Key: "$sum", Value: 1}}}}}},
+		})
+		if err != nil {
+			return err
+		}
+		return cur.All(ctx, &rows)
+	}); err != nil {
 		return nil, err
 	}
 	out := make(map[string]int64, len(rows))

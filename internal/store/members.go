@@ -134,8 +134,10 @@ func (r *Members) Put(ctx context.Context, m Member) (Member, error) {
 	if !m.Role.Valid() {
 		return Member{}, fmt.Errorf("put member %s: invalid role %q", m.UserID, m.Role)
 	}
-	if err := r.core.conversations.FindOne(ctx, conversationFilter(m.TenantID, m.ConversationID),
-		options.FindOne().SetProjection(bson.D{{Key: "_id", Value: 1}})).Err(); err != nil {
+	if err := r.core.guard.Read(ctx, func(ctx context.Context) error {
+		return r.core.conversations.FindOne(ctx, conversationFilter(m.TenantID, m.ConversationID),
+			options.FindOne().SetProjection(bson.D{{Key: "_id", Value: 1}})).Err()
+	}); err != nil {
 		return Member{}, fmt.Errorf("put member %s: conversation %s: %w", m.UserID, m.ConversationID, notFound(err))
 	}
 
@@ -153,7 +155,10 @@ func (r *Members) Put(ctx context.Context, m Member) (Member, error) {
 	}
 	// Insert, or on duplicate key update the role; a Remove racing in between sends us round again.
 	for range 3 {
-		_, err := r.core.memberships.InsertOne(ctx, doc)
+		err := r.core.guard.Write(ctx, func(ctx context.Context) error {
+			_, err := r.core.memberships.InsertOne(ctx, doc)
+			return err
+		})
 		if err == nil {
 			if err := r.core.adjustMemberCount(ctx, m.TenantID, m.ConversationID, 1, now); err != nil {
 				return Member{}, fmt.Errorf("put member %s: %w", m.UserID, err)
@@ -165,10 +170,12 @@ func (r *Members) Put(ctx context.Context, m Member) (Member, error) {
 		}
 
 		var cur memberDoc
-		err = r.core.memberships.FindOneAndUpdate(ctx,
-			append(filter, bson.E{Key: "role", Value: bson.D{{Key: "$ne", Value: string(m.Role)}}}),
-			bson.D{{Key: "$set", Value: bson.D{{Key: "role", Value: string(m.Role)}, {Key: "update_time", Value: now}}}},
-			options.FindOneAndUpdate().SetReturnDocument(options.After)).Decode(&cur)
+		err = r.core.guard.Write(ctx, func(ctx context.Context) error {
+			return r.core.memberships.FindOneAndUpdate(ctx,
+				append(filter, bson.E{Key: "role", Value: bson.D{{Key: "$ne", Value: string(m.Role)}}}),
+				bson.D{{Key: "$set", Value: bson.D{{Key: "role", Value: string(m.Role)}, {Key: "update_time", Value: now}}}},
+				options.FindOneAndUpdate().SetReturnDocument(options.After)).Decode(&cur)
+		})
 		if err == nil {
 			return cur.member(), nil
 		}
@@ -176,7 +183,9 @@ func (r *Members) Put(ctx context.Context, m Member) (Member, error) {
 			return Member{}, fmt.Errorf("put member %s of conversation %s: change role: %w", m.UserID, m.ConversationID, err)
 		}
 		// Same role already (nothing to change), or removed meanwhile (insert again).
-		if err = r.core.memberships.FindOne(ctx, filter).Decode(&cur); err == nil {
+		if err = r.core.guard.Read(ctx, func(ctx context.Context) error {
+			return r.core.memberships.FindOne(ctx, filter).Decode(&cur)
+		}); err == nil {
 			return cur.member(), nil
 		}
 		if !errors.Is(err, mongo.ErrNoDocuments) {
@@ -189,7 +198,12 @@ func (r *Members) Put(ctx context.Context, m Member) (Member, error) {
 // Remove deletes userID's membership and lowers the conversation's member_count (bumping its version).
 // ErrNotFound if the user is not a member.
 func (r *Members) Remove(ctx context.Context, tenantID, conversationID, userID string) error {
-	res, err := r.core.memberships.DeleteOne(ctx, membershipFilter(tenantID, conversationID, userID))
+	var res *mongo.DeleteResult
+	err := r.core.guard.Write(ctx, func(ctx context.Context) error {
+		var err error
+		res, err = r.core.memberships.DeleteOne(ctx, membershipFilter(tenantID, conversationID, userID))
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("remove member %s of conversation %s: %w", userID, conversationID, err)
 	}
@@ -204,10 +218,15 @@ func (r *Members) Remove(ctx context.Context, tenantID, conversationID, userID s
 
 // CountOwners returns how many owners the conversation has (0 for one not in tenantID).
 func (r *Members) CountOwners(ctx context.Context, tenantID, conversationID string) (int, error) {
-	n, err := r.core.memberships.CountDocuments(ctx, bson.D{
-		{Key: "tenant_id", Value: tenantID},
-		{Key: "conversation_id", Value: conversationID},
-		{Key: "role", Value: string(RoleOwner)},
+	var n int64
+	err := r.core.guard.Read(ctx, func(ctx context.Context) error {
+		var err error
+		n, err = r.core.memberships.CountDocuments(ctx, bson.D{
+			{Key: "tenant_id", Value: tenantID},
+			{Key: "conversation_id", Value: conversationID},
+			{Key: "role", Value: string(RoleOwner)},
+		})
+		return err
 	})
 	if err != nil {
 		return 0, fmt.Errorf("count owners of conversation %s: %w", conversationID, err)
@@ -219,15 +238,25 @@ func (r *Members) CountOwners(ctx context.Context, tenantID, conversationID stri
 // for a count left behind by a crash between a membership write and its count update. It does not bump
 // the version. ErrNotFound if the conversation does not exist in tenantID.
 func (r *Members) Recount(ctx context.Context, tenantID, conversationID string) (int, error) {
-	n, err := r.core.memberships.CountDocuments(ctx, bson.D{
-		{Key: "tenant_id", Value: tenantID},
-		{Key: "conversation_id", Value: conversationID},
+	var n int64
+	err := r.core.guard.Read(ctx, func(ctx context.Context) error {
+		var err error
+		n, err = r.core.memberships.CountDocuments(ctx, bson.D{
+			{Key: "tenant_id", Value: tenantID},
+			{Key: "conversation_id", Value: conversationID},
+		})
+		return err
 	})
 	if err != nil {
 		return 0, fmt.Errorf("recount members of conversation %s: %w", conversationID, err)
 	}
-	res, err := r.core.conversations.UpdateOne(ctx, conversationFilter(tenantID, conversationID),
-		bson.D{{Key: "$set", Value: bson.D{{Key: "member_count", Value: n}}}})
+	var res *mongo.UpdateResult
+	err = r.core.guard.Write(ctx, func(ctx context.Context) error {
+		var err error
+		res, err = r.core.conversations.UpdateOne(ctx, conversationFilter(tenantID, conversationID),
+			bson.D{{Key: "$set", Value: bson.D{{Key: "member_count", Value: n}}}})
+		return err
+	})
 	if err != nil {
 		return 0, fmt.Errorf("recount members of conversation %s: %w", conversationID, err)
 	}
@@ -251,14 +280,17 @@ func (r *Members) List(ctx context.Context, tenantID, conversationID string, pag
 	if after != "" {
 		filter = append(filter, bson.E{Key: "user_id", Value: bson.D{{Key: "$gt", Value: after}}})
 	}
-	cur, err := r.core.memberships.Find(ctx, filter, options.Find().
-		SetSort(bson.D{{Key: "user_id", Value: 1}}).
-		SetLimit(int64(size)+1))
-	if err != nil {
-		return nil, "", fmt.Errorf("list members of conversation %s: %w", conversationID, err)
-	}
 	var docs []memberDoc
-	if err := cur.All(ctx, &docs); err != nil {
+	if err := r.core.guard.Read(ctx, func(ctx context.Context) error {
+		docs = nil
+		cur, err := r.core.memberships.Find(ctx, filter, options.Find().
+			SetSort(bson.D{{Key: "user_id", Value: 1}}).
+			SetLimit(int64(size)+1))
+		if err != nil {
+			return err
+		}
+		return cur.All(ctx, &docs)
+	}); err != nil {
 		return nil, "", fmt.Errorf("list members of conversation %s: %w", conversationID, err)
 	}
 	next := ""

@@ -151,7 +151,12 @@ func (r *Messages) InsertMany(ctx context.Context, msgs []Message) (inserted int
 		}
 		docs[i] = newMessageDoc(m, now)
 	}
-	_, err = r.core.messages.InsertMany(ctx, docs, options.InsertMany().SetOrdered(false))
+	// Breaker only, never retried here: the caller (pipeline) retries, and a duplicate-key answer is the
+	// server's reply, not a breaker failure (see countsAsFailure).
+	err = r.core.guard.Write(ctx, func(ctx context.Context) error {
+		_, err := r.core.messages.InsertMany(ctx, docs, options.InsertMany().SetOrdered(false))
+		return err
+	})
 	if err == nil {
 		return len(docs), 0, nil
 	}
@@ -264,14 +269,17 @@ func (r *Messages) List(ctx context.Context, tenantID, conversationID string, pa
 	if after != "" {
 		filter = append(filter, bson.E{Key: "_id", Value: bson.D{{Key: "$lt", Value: after}}})
 	}
-	cur, err := r.core.messages.Find(ctx, filter, options.Find().
-		SetSort(bson.D{{Key: "_id", Value: -1}}).
-		SetLimit(int64(size)+1))
-	if err != nil {
-		return nil, "", fmt.Errorf("list messages of conversation %s: %w", conversationID, err)
-	}
 	var docs []messageDoc
-	if err := cur.All(ctx, &docs); err != nil {
+	if err := r.core.guard.Read(ctx, func(ctx context.Context) error {
+		docs = nil
+		cur, err := r.core.messages.Find(ctx, filter, options.Find().
+			SetSort(bson.D{{Key: "_id", Value: -1}}).
+			SetLimit(int64(size)+1))
+		if err != nil {
+			return err
+		}
+		return cur.All(ctx, &docs)
+	}); err != nil {
 		return nil, "", fmt.Errorf("list messages of conversation %s: %w", conversationID, err)
 	}
 	next := ""
@@ -354,7 +362,9 @@ func (r *Messages) Delete(ctx context.Context, tenantID, conversationID, id stri
 
 func (r *Messages) findOneAndUpdate(ctx context.Context, filter, update bson.D) (messageDoc, error) {
 	var doc messageDoc
-	err := r.core.messages.FindOneAndUpdate(ctx, filter, update,
-		options.FindOneAndUpdate().SetReturnDocument(options.After)).Decode(&doc)
+	err := r.core.guard.Write(ctx, func(ctx context.Context) error {
+		return r.core.messages.FindOneAndUpdate(ctx, filter, update,
+			options.FindOneAndUpdate().SetReturnDocument(options.After)).Decode(&doc)
+	})
 	return doc, err
 }
