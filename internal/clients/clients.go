@@ -57,7 +57,7 @@ func Open(ctx context.Context, cfg config.Config, connectTimeout time.Duration, 
 	if err != nil {
 		return nil, err
 	}
-	breaker, err := store.NewBreaker(store.BreakerConfig{Name: MongoDB}, nil)
+	breaker, err := store.NewBreaker(store.BreakerConfig{Name: MongoDB, FailureRatio: cfg.MongoBreakerRatio, CoolDown: cfg.MongoBreakerCoolDown}, nil)
 	if err != nil {
 		kc.Close()
 		return nil, err

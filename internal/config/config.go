@@ -29,7 +29,11 @@ type Config struct {
 	MongoDatabase  string
 	// MongoWriteConcern is "majority" or a number of nodes, for the pipeline's message inserts.
 	MongoWriteConcern string
-	RedisURL          string
+	// Circuit breaker around MongoDB: open at this failure ratio (over at least 10 calls in a window),
+	// probe again after this cool-down.
+	MongoBreakerRatio    float64
+	MongoBreakerCoolDown time.Duration
+	RedisURL             string
 
 	AuthHMACSecret string
 	AuthJWKSFile   string
@@ -72,6 +76,8 @@ var Vars = []Var{
 	{"KAFKA_PRODUCE_TIMEOUT", "10s", "how long a produce waits for Kafka's acknowledgement before the call fails with UNAVAILABLE"},
 	{"MONGO_URI", "", "MongoDB connection string; required outside devstack"},
 	{"MONGO_DATABASE", "platform", "MongoDB database name"},
+	{"MONGO_BREAKER_FAILURE_RATIO", "0.5", "share of failing MongoDB calls (transient errors, at least 10 calls in 10 s) that opens the circuit breaker"},
+	{"MONGO_BREAKER_COOLDOWN", "5s", "how long the open circuit fails calls fast before letting a probe through"},
 	{"MONGO_WRITE_CONCERN", "majority", "write concern of the pipeline's message inserts: majority or a number of nodes (FerretDB ignores it)"},
 	{"REDIS_URL", "", "Redis URL (redis://[:password@]host:port/db); required outside devstack"},
 	{"AUTH_HMAC_SECRET", "", "HS256 secret for bearer JWTs (at least 32 bytes)"},
@@ -136,23 +142,24 @@ func Load(getenv Getenv) (Config, error) {
 	}
 
 	c := Config{
-		GRPCAddr:           addr("GRPC_ADDR"),
-		HTTPAddr:           addr("HTTP_ADDR"),
-		MetricsAddr:        addr("METRICS_ADDR"),
-		MongoURI:           get("MONGO_URI"),
-		MongoDatabase:      get("MONGO_DATABASE"),
-		MongoWriteConcern:  get("MONGO_WRITE_CONCERN"),
-		RedisURL:           get("REDIS_URL"),
-		AuthHMACSecret:     getenv("AUTH_HMAC_SECRET"), // not trimmed: every byte of a secret counts
-		AuthJWKSFile:       get("AUTH_JWKS_FILE"),
-		AuthIssuer:         get("AUTH_ISSUER"),
-		AuthAudience:       get("AUTH_AUDIENCE"),
-		ProduceTimeout:     duration("KAFKA_PRODUCE_TIMEOUT"),
-		ShutdownTimeout:    duration("SHUTDOWN_TIMEOUT"),
-		DrainDelay:         duration("SHUTDOWN_DRAIN_DELAY"),
-		HealthCheckTimeout: duration("HEALTH_CHECK_TIMEOUT"),
-		HealthInterval:     duration("HEALTH_CHECK_INTERVAL"),
-		LogFormat:          strings.ToLower(get("LOG_FORMAT")),
+		GRPCAddr:             addr("GRPC_ADDR"),
+		HTTPAddr:             addr("HTTP_ADDR"),
+		MetricsAddr:          addr("METRICS_ADDR"),
+		MongoURI:             get("MONGO_URI"),
+		MongoDatabase:        get("MONGO_DATABASE"),
+		MongoWriteConcern:    get("MONGO_WRITE_CONCERN"),
+		MongoBreakerCoolDown: duration("MONGO_BREAKER_COOLDOWN"),
+		RedisURL:             get("REDIS_URL"),
+		AuthHMACSecret:       getenv("AUTH_HMAC_SECRET"), // not trimmed: every byte of a secret counts
+		AuthJWKSFile:         get("AUTH_JWKS_FILE"),
+		AuthIssuer:           get("AUTH_ISSUER"),
+		AuthAudience:         get("AUTH_AUDIENCE"),
+		ProduceTimeout:       duration("KAFKA_PRODUCE_TIMEOUT"),
+		ShutdownTimeout:      duration("SHUTDOWN_TIMEOUT"),
+		DrainDelay:           duration("SHUTDOWN_DRAIN_DELAY"),
+		HealthCheckTimeout:   duration("HEALTH_CHECK_TIMEOUT"),
+		HealthInterval:       duration("HEALTH_CHECK_INTERVAL"),
+		LogFormat:            strings.ToLower(get("LOG_FORMAT")),
 		Devstack: Devstack{
 			KafkaAddr: addr("DEVSTACK_KAFKA_ADDR"),
 			MongoAddr: addr("DEVSTACK_MONGO_ADDR"),
@@ -174,6 +181,14 @@ func Load(getenv Getenv) (Config, error) {
 	}
 	if c.MongoURI != "" && !strings.HasPrefix(c.MongoURI, "mongodb://") && !strings.HasPrefix(c.MongoURI, "mongodb+srv://") {
 		errs = append(errs, errors.New("MONGO_URI: want a mongodb:// or mongodb+srv:// URI"))
+	}
+	if r, err := strconv.ParseFloat(get("MONGO_BREAKER_FAILURE_RATIO"), 64); err != nil || r <= 0 || r > 1 {
+		errs = append(errs, fmt.Errorf("MONGO_BREAKER_FAILURE_RATIO=%q: want a number in (0, 1]", get("MONGO_BREAKER_FAILURE_RATIO")))
+	} else {
+		c.MongoBreakerRatio = r
+	}
+	if c.MongoBreakerCoolDown == 0 {
+		errs = append(errs, errors.New("MONGO_BREAKER_COOLDOWN: must be positive"))
 	}
 	if wc := c.MongoWriteConcern; wc != "majority" {
 		if n, err := strconv.Atoi(wc); err != nil || n < 0 {

@@ -84,6 +84,8 @@ func TestLoadRejectsBadValues(t *testing.T) {
 		{"LOG_LEVEL", "loud"},
 		{"LOG_FORMAT", "xml"},
 		{"MONGO_WRITE_CONCERN", "all"},
+		{"MONGO_BREAKER_FAILURE_RATIO", "1.5"},
+		{"MONGO_BREAKER_COOLDOWN", "0s"},
 		{"DEVSTACK_MONGO_ADDR", "27018"},
 	}
 	for _, tc := range tests {
