@@ -2,7 +2,6 @@ package dlq
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"regexp"
@@ -71,42 +70,9 @@ func NewProcessor(cfg Config, brokers []string, st *store.DeadLetters, m *Metric
 // redelivered). Call Close afterwards.
 func (p *Processor) Run(ctx context.Context) error {
 	p.logger.Info("dlq processor consuming", "topic", kafka.TopicDLQ, "group", p.cfg.GroupID)
-	for {
-		fetches := p.client.PollRecords(ctx, p.cfg.MaxPollRecords)
-		if fetches.IsClientClosed() {
-			return nil
-		}
-		fetchErrs := 0
-		fetches.EachError(func(topic string, partition int32, err error) {
-			if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-				return
-			}
-			fetchErrs++
-			p.logger.ErrorContext(ctx, "fetch error", "topic", topic, "partition", partition, "error", err)
-		})
-		recs := fetches.Records()
-		if len(recs) == 0 {
-			p.client.AllowRebalance()
-			if ctx.Err() != nil {
-				return nil
-			}
-			if fetchErrs > 0 {
-				select {
-				case <-ctx.Done():
-				case <-time.After(time.Second):
-				}
-			}
-			continue
-		}
-		err := p.handle(ctx, recs)
-		p.client.AllowRebalance()
-		if err != nil {
-			return err
-		}
-		if ctx.Err() != nil {
-			return nil
-		}
-	}
+	return kafka.PollLoop(ctx, p.client, p.cfg.MaxPollRecords, p.logger, func(ctx context.Context, f kgo.Fetches) error {
+		return p.handle(ctx, f.Records())
+	})
 }
 
 // handle stores a batch (retrying until it is stored or the drain timeout passes) and commits it.

@@ -198,41 +198,7 @@ func (p *Pipeline) clientOpts(brokers []string) []kgo.Opt {
 func (p *Pipeline) Run(ctx context.Context) error {
 	p.logger.Info("pipeline consuming", "topic", kafka.TopicInbound, "group", p.cfg.GroupID,
 		"max_poll_records", p.cfg.MaxPollRecords, "bulk_max_docs", p.cfg.BulkMaxDocs, "bulk_max_delay", p.cfg.BulkMaxDelay.String())
-	for {
-		fetches := p.client.PollRecords(ctx, p.cfg.MaxPollRecords)
-		if fetches.IsClientClosed() {
-			return nil
-		}
-		fetchErrs := 0
-		fetches.EachError(func(topic string, partition int32, err error) {
-			if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-				return
-			}
-			fetchErrs++
-			p.logger.ErrorContext(ctx, "fetch error", "topic", topic, "partition", partition, "error", err)
-		})
-		if fetches.NumRecords() == 0 {
-			p.client.AllowRebalance()
-			if ctx.Err() != nil {
-				return nil
-			}
-			if fetchErrs > 0 { // do not spin on a persistent fetch error
-				select {
-				case <-ctx.Done():
-				case <-time.After(time.Second):
-				}
-			}
-			continue
-		}
-		err := p.runBatch(ctx, fetches)
-		p.client.AllowRebalance()
-		if err != nil {
-			return err
-		}
-		if ctx.Err() != nil {
-			return nil
-		}
-	}
+	return kafka.PollLoop(ctx, p.client, p.cfg.MaxPollRecords, p.logger, p.runBatch)
 }
 
 // partitionBatch is one partition's records of a batch, in offset order.
