@@ -25,15 +25,6 @@ import (
 	"github.com/msgplatform/platform/internal/stream"
 )
 
-// Limits of a message (documented in the README).
-const (
-	MaxBodyBytes      = 16 << 10
-	MaxMetadata       = 16
-	MaxMetadataKey    = 64
-	MaxMetadataValue  = 512
-	MaxClientMsgIDLen = 128
-)
-
 // Producer is the part of a franz-go client SendMessage uses.
 type Producer interface {
 	ProduceSync(ctx context.Context, rs ...*kgo.Record) kgo.ProduceResults
@@ -61,8 +52,8 @@ func validBody(v *violations, field, body string) {
 	switch {
 	case strings.TrimSpace(body) == "":
 		v.add(field, "must not be empty")
-	case len(body) > MaxBodyBytes:
-		v.add(field, "at most %d bytes (got %d)", MaxBodyBytes, len(body))
+	case len(body) > resources.MaxBodyBytes:
+		v.add(field, "at most %d bytes (got %d)", resources.MaxBodyBytes, len(body))
 	case !utf8.ValidString(body):
 		v.add(field, "must be UTF-8")
 	}
@@ -71,18 +62,18 @@ func validBody(v *violations, field, body string) {
 func validateSend(req *platformv1.SendMessageRequest) error {
 	var v violations
 	validBody(&v, "body", req.GetBody())
-	if n := len(req.GetClientMessageId()); n > MaxClientMsgIDLen {
-		v.add("client_message_id", "at most %d bytes", MaxClientMsgIDLen)
+	if n := len(req.GetClientMessageId()); n > resources.MaxClientMessageIDLen {
+		v.add("client_message_id", "at most %d bytes", resources.MaxClientMessageIDLen)
 	}
-	if len(req.GetMetadata()) > MaxMetadata {
-		v.add("metadata", "at most %d entries", MaxMetadata)
+	if len(req.GetMetadata()) > resources.MaxMetadata {
+		v.add("metadata", "at most %d entries", resources.MaxMetadata)
 	}
 	for k, val := range req.GetMetadata() {
 		switch {
-		case k == "" || len(k) > MaxMetadataKey:
-			v.add("metadata", "keys are 1 to %d bytes", MaxMetadataKey)
-		case len(val) > MaxMetadataValue:
-			v.add("metadata["+k+"]", "at most %d bytes", MaxMetadataValue)
+		case k == "" || len(k) > resources.MaxMetadataKey:
+			v.add("metadata", "keys are 1 to %d bytes", resources.MaxMetadataKey)
+		case len(val) > resources.MaxMetadataValue:
+			v.add("metadata["+k+"]", "at most %d bytes", resources.MaxMetadataValue)
 		}
 	}
 	return v.err()

@@ -14,18 +14,12 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	platformv1 "github.com/msgplatform/platform/gen/platform/v1"
+	"github.com/msgplatform/platform/internal/resources"
 )
 
-// Limits of an envelope. The body and metadata limits are the API's (internal/api; a test checks they
-// agree), so a message SendMessage accepted is never refused here.
-const (
-	MaxBodyBytes          = 16 << 10
-	MaxMetadata           = 16
-	MaxMetadataKey        = 64
-	MaxMetadataValue      = 512
-	MaxClientMessageIDLen = 128
-	MaxIDLen              = 128 // tenant, conversation and sender ids (bytes)
-)
+// MaxIDLen bounds the tenant, conversation and sender ids of an envelope (bytes). The body and metadata
+// limits are the API's own (internal/resources), so a message SendMessage accepted is never refused here.
+const MaxIDLen = 128
 
 // HeaderContentType names the payload encoding of an inbound record.
 const HeaderContentType = "content-type"
@@ -111,23 +105,23 @@ func validate(m *platformv1.InboundMessage) error {
 	switch {
 	case strings.TrimSpace(body) == "":
 		add("body: must not be empty")
-	case len(body) > MaxBodyBytes:
-		add("body: at most %d bytes (got %d)", MaxBodyBytes, len(body))
+	case len(body) > resources.MaxBodyBytes:
+		add("body: at most %d bytes (got %d)", resources.MaxBodyBytes, len(body))
 	case !utf8.ValidString(body):
 		add("body: must be UTF-8")
 	}
-	if len(m.GetClientMessageId()) > MaxClientMessageIDLen {
-		add("client_message_id: at most %d bytes", MaxClientMessageIDLen)
+	if len(m.GetClientMessageId()) > resources.MaxClientMessageIDLen {
+		add("client_message_id: at most %d bytes", resources.MaxClientMessageIDLen)
 	}
-	if n := len(m.GetMetadata()); n > MaxMetadata {
-		add("metadata: at most %d entries (got %d)", MaxMetadata, n)
+	if n := len(m.GetMetadata()); n > resources.MaxMetadata {
+		add("metadata: at most %d entries (got %d)", resources.MaxMetadata, n)
 	}
 	for k, v := range m.GetMetadata() {
 		switch {
-		case k == "" || len(k) > MaxMetadataKey:
-			add("metadata: keys are 1 to %d bytes", MaxMetadataKey)
-		case len(v) > MaxMetadataValue:
-			add("metadata: values are at most %d bytes", MaxMetadataValue)
+		case k == "" || len(k) > resources.MaxMetadataKey:
+			add("metadata: keys are 1 to %d bytes", resources.MaxMetadataKey)
+		case len(v) > resources.MaxMetadataValue:
+			add("metadata: values are at most %d bytes", resources.MaxMetadataValue)
 		}
 	}
 	if ts := m.GetSendTime(); ts != nil {

@@ -16,23 +16,9 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	platformv1 "github.com/msgplatform/platform/gen/platform/v1"
-	"github.com/msgplatform/platform/internal/api"
 	"github.com/msgplatform/platform/internal/kafka"
+	"github.com/msgplatform/platform/internal/resources"
 )
-
-func TestLimitsMatchTheAPI(t *testing.T) {
-	for name, pair := range map[string][2]int{
-		"body":              {MaxBodyBytes, api.MaxBodyBytes},
-		"metadata entries":  {MaxMetadata, api.MaxMetadata},
-		"metadata key":      {MaxMetadataKey, api.MaxMetadataKey},
-		"metadata value":    {MaxMetadataValue, api.MaxMetadataValue},
-		"client message id": {MaxClientMessageIDLen, api.MaxClientMsgIDLen},
-	} {
-		if pair[0] != pair[1] {
-			t.Errorf("%s: pipeline allows %d, the API %d", name, pair[0], pair[1])
-		}
-	}
-}
 
 func TestMentions(t *testing.T) {
 	long := strings.Repeat("a", MaxMentionBytes)
@@ -78,7 +64,7 @@ func TestTransform(t *testing.T) {
 	}
 	// NFC can lengthen a body past the limit the API checked before normalisation.
 	in = validInbound()
-	in.Body = strings.Repeat("\u0958", MaxBodyBytes/3) // 3 bytes, NFC-decomposes to 6
+	in.Body = strings.Repeat("\u0958", resources.MaxBodyBytes/3) // 3 bytes, NFC-decomposes to 6
 	items = []*Item{{Inbound: in}}
 	transformStage{}.Process(context.Background(), items)
 	if !items[0].Failed() || items[0].Class() != Permanent {
@@ -102,7 +88,7 @@ func TestValidate(t *testing.T) {
 		t.Fatalf("valid envelope: %v", err)
 	}
 	meta := map[string]string{}
-	for i := range MaxMetadata + 1 {
+	for i := range resources.MaxMetadata + 1 {
 		meta[strconv.Itoa(i)] = "v"
 	}
 	for name, in := range map[string]*platformv1.InboundMessage{
@@ -111,21 +97,23 @@ func TestValidate(t *testing.T) {
 		"conversation":   bad(func(m *platformv1.InboundMessage) { m.ConversationId = strings.Repeat("c", MaxIDLen+1) }),
 		"sender":         bad(func(m *platformv1.InboundMessage) { m.SenderId = "a\nb" }),
 		"blank body":     bad(func(m *platformv1.InboundMessage) { m.Body = " \t\n" }),
-		"long body":      bad(func(m *platformv1.InboundMessage) { m.Body = strings.Repeat("x", MaxBodyBytes+1) }),
+		"long body":      bad(func(m *platformv1.InboundMessage) { m.Body = strings.Repeat("x", resources.MaxBodyBytes+1) }),
 		"metadata count": bad(func(m *platformv1.InboundMessage) { m.Metadata = meta }),
 		"metadata key":   bad(func(m *platformv1.InboundMessage) { m.Metadata = map[string]string{"": "v"} }),
 		"metadata value": bad(func(m *platformv1.InboundMessage) {
-			m.Metadata = map[string]string{"k": strings.Repeat("v", MaxMetadataValue+1)}
+			m.Metadata = map[string]string{"k": strings.Repeat("v", resources.MaxMetadataValue+1)}
 		}),
-		"client id": bad(func(m *platformv1.InboundMessage) { m.ClientMessageId = strings.Repeat("c", MaxClientMessageIDLen+1) }),
+		"client id": bad(func(m *platformv1.InboundMessage) {
+			m.ClientMessageId = strings.Repeat("c", resources.MaxClientMessageIDLen+1)
+		}),
 		"send time": bad(func(m *platformv1.InboundMessage) { m.SendTime.Nanos = -1 }),
 	} {
 		if err := validate(in); !errors.Is(err, errInvalid) {
 			t.Errorf("%s: validate = %v, want an invalid envelope", name, err)
 		}
 	}
-	if err := validate(bad(func(m *platformv1.InboundMessage) { m.Body = strings.Repeat("é", MaxBodyBytes/2) })); err != nil {
-		t.Errorf("body of exactly %d bytes: %v", MaxBodyBytes, err)
+	if err := validate(bad(func(m *platformv1.InboundMessage) { m.Body = strings.Repeat("é", resources.MaxBodyBytes/2) })); err != nil {
+		t.Errorf("body of exactly %d bytes: %v", resources.MaxBodyBytes, err)
 	}
 }
 

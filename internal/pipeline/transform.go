@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/text/unicode/norm"
 
+	"github.com/msgplatform/platform/internal/resources"
 	"github.com/msgplatform/platform/internal/store"
 )
 
@@ -23,7 +24,7 @@ const (
 //     surrounding white space is trimmed;
 //   - @mentions are extracted into mentions (see Mentions for the syntax).
 //
-// A body that grows past MaxBodyBytes through normalisation (NFC can expand some scripts) is refused
+// A body that grows past resources.MaxBodyBytes through normalisation (NFC can expand some scripts) is refused
 // (permanent), as the API would have refused it.
 type transformStage struct{}
 
@@ -37,8 +38,8 @@ func (transformStage) Process(_ context.Context, batch []*Item) {
 		case body == "":
 			it.Fail(Permanent, fmt.Errorf("%w: body: empty after normalisation", errInvalid))
 			continue
-		case len(body) > MaxBodyBytes:
-			it.Fail(Permanent, fmt.Errorf("%w: body: %d bytes after NFC normalisation, at most %d", errInvalid, len(body), MaxBodyBytes))
+		case len(body) > resources.MaxBodyBytes:
+			it.Fail(Permanent, fmt.Errorf("%w: body: %d bytes after NFC normalisation, at most %d", errInvalid, len(body), resources.MaxBodyBytes))
 			continue
 		}
 		m := store.Message{
