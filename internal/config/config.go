@@ -57,6 +57,9 @@ type Devstack struct {
 	MongoAddr string
 	RedisAddr string
 	DataDir   string
+	// PipelineMetricsAddr serves the in-process pipeline's registry (services/pipeline serves its own on
+	// METRICS_ADDR; in the devstack that port is the gateway's).
+	PipelineMetricsAddr string
 }
 
 // Var documents one environment variable.
@@ -94,6 +97,7 @@ var Vars = []Var{
 	{"DEVSTACK_MONGO_ADDR", "127.0.0.1:27018", "devstack: embedded MongoDB-wire (FerretDB) address when MONGO_URI is empty"},
 	{"DEVSTACK_REDIS_ADDR", "127.0.0.1:16379", "devstack: embedded Redis (miniredis) address when REDIS_URL is empty"},
 	{"DEVSTACK_DATA_DIR", "<os temp dir>/platform-devstack", "devstack: FerretDB's SQLite files"},
+	{"DEVSTACK_PIPELINE_METRICS_ADDR", ":9465", "devstack: /metrics of the in-process pipeline, DLQ processor and watchers"},
 }
 
 // Known reports whether name is a variable Load reads.
@@ -165,6 +169,8 @@ func Load(getenv Getenv) (Config, error) {
 			MongoAddr: addr("DEVSTACK_MONGO_ADDR"),
 			RedisAddr: addr("DEVSTACK_REDIS_ADDR"),
 			DataDir:   getenv("DEVSTACK_DATA_DIR"),
+
+			PipelineMetricsAddr: addr("DEVSTACK_PIPELINE_METRICS_ADDR"),
 		},
 	}
 	if c.Devstack.DataDir == "" {

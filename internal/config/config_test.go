@@ -30,6 +30,7 @@ func TestLoadDefaults(t *testing.T) {
 		{"DEVSTACK_KAFKA_ADDR", c.Devstack.KafkaAddr, "127.0.0.1:19092"},
 		{"DEVSTACK_MONGO_ADDR", c.Devstack.MongoAddr, "127.0.0.1:27018"},
 		{"DEVSTACK_REDIS_ADDR", c.Devstack.RedisAddr, "127.0.0.1:16379"},
+		{"DEVSTACK_PIPELINE_METRICS_ADDR", c.Devstack.PipelineMetricsAddr, ":9465"},
 	}
 	for _, tc := range checks {
 		if tc.got != tc.want {

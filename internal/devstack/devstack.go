@@ -10,8 +10,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
+	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/msgplatform/platform/internal/auth"
@@ -19,6 +21,7 @@ import (
 	"github.com/msgplatform/platform/internal/dlq"
 	"github.com/msgplatform/platform/internal/embedded"
 	"github.com/msgplatform/platform/internal/kafka"
+	"github.com/msgplatform/platform/internal/observability"
 	"github.com/msgplatform/platform/internal/pipeline"
 	"github.com/msgplatform/platform/internal/server"
 	"github.com/msgplatform/platform/internal/watchers"
@@ -27,6 +30,7 @@ import (
 // Addresses are where a running devstack can be reached.
 type Addresses struct {
 	GRPC, HTTP, Metrics string
+	PipelineMetrics     string // the pipeline, DLQ processor and watchers' /metrics
 	Kafka               string // broker address
 	MongoURI            string
 	RedisURL            string
@@ -80,10 +84,19 @@ func Run(ctx context.Context, cfg config.Config, logger *slog.Logger, onReady fu
 		logger.Warn("AUTH_HMAC_SECRET is empty: using the well-known development secret; never do this in production")
 	}
 
+	// The pipeline opens no health listener: the gateway's /readyz and /v1/health already check the same
+	// dependencies. Its metrics, the DLQ processor's and the watchers' share one registry, as in
+	// services/pipeline, served on a port of their own (METRICS_ADDR is the gateway's).
+	pipeReg := observability.NewRegistry()
+	pipeLis, err := net.Listen("tcp", cfg.Devstack.PipelineMetricsAddr)
+	if err != nil {
+		return fmt.Errorf("pipeline metrics on DEVSTACK_PIPELINE_METRICS_ADDR %s: %w", cfg.Devstack.PipelineMetricsAddr, err)
+	}
+	pipeMetrics := &http.Server{Handler: observability.MetricsHandler(pipeReg), ReadHeaderTimeout: 10 * time.Second}
+	addrs.PipelineMetrics = pipeLis.Addr().String()
+
 	// The gateway and the ingest pipeline run side by side, each through its production wiring with its own
-	// connections (they share nothing but cfg); when one fails, the other is stopped. The pipeline opens no
-	// listener: the gateway's /readyz and /v1/health already check the same dependencies, and its metrics go
-	// to a registry of its own that is not served (the gateway's registry is private to server.Serve).
+	// connections (they share nothing but cfg); when one fails, the other is stopped.
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		return server.Serve(gctx, cfg, logger, func(s *server.Server) {
@@ -93,9 +106,23 @@ func Run(ctx context.Context, cfg config.Config, logger *slog.Logger, onReady fu
 			}
 		})
 	})
-	g.Go(func() error { return pipeline.Serve(gctx, cfg, pipeline.Config{}, prometheus.NewRegistry(), logger) })
-	g.Go(func() error { return dlq.Serve(gctx, cfg, dlq.Config{}, prometheus.NewRegistry(), logger) })
-	g.Go(func() error { return watchers.Serve(gctx, cfg, prometheus.NewRegistry(), logger) })
+	g.Go(func() error { return pipeline.Serve(gctx, cfg, pipeline.Config{}, pipeReg, logger) })
+	g.Go(func() error { return dlq.Serve(gctx, cfg, dlq.Config{}, pipeReg, logger) })
+	g.Go(func() error { return watchers.Serve(gctx, cfg, pipeReg, logger) })
+	g.Go(func() error {
+		if err := pipeMetrics.Serve(pipeLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("pipeline metrics: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		// Closed with the gateway's listeners, after its drain delay, so a last scrape still sees the drain.
+		time.Sleep(cfg.DrainDelay)
+		shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+		defer cancel()
+		return pipeMetrics.Shutdown(shutdownCtx)
+	})
 	err = g.Wait()
 	if errors.Is(err, context.Canceled) {
 		return nil

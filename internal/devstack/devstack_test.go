@@ -28,30 +28,8 @@ import (
 // TestDevstackEndToEnd starts the whole dev stack in-process (embedded Kafka and FerretDB, a real
 // redis-server) on free ports and checks what a new user checks after `make run`.
 func TestDevstackEndToEnd(t *testing.T) {
-	vars := map[string]string{
-		"GRPC_ADDR": "127.0.0.1:0", "HTTP_ADDR": "127.0.0.1:0", "METRICS_ADDR": "127.0.0.1:0",
-		"DEVSTACK_KAFKA_ADDR": "127.0.0.1:0", "DEVSTACK_MONGO_ADDR": "127.0.0.1:0",
-		"DEVSTACK_DATA_DIR": t.TempDir(), "REDIS_URL": testenv.Redis(t),
-		"HEALTH_CHECK_INTERVAL": "200ms", "SHUTDOWN_DRAIN_DELAY": "500ms", "SHUTDOWN_TIMEOUT": "5s",
-	}
-	cfg, err := config.Load(func(k string) string { return vars[k] })
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, addrs, cancel, done := startDevstack(t)
 	defer cancel()
-	ready := make(chan devstack.Addresses, 1)
-	done := make(chan error, 1)
-	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-	go func() { done <- devstack.Run(ctx, cfg, logger, func(a devstack.Addresses) { ready <- a }) }()
-	var addrs devstack.Addresses
-	select {
-	case addrs = <-ready:
-	case err := <-done:
-		t.Fatalf("devstack stopped before serving: %v", err)
-	case <-time.After(90 * time.Second):
-		t.Fatal("devstack not serving after 90s")
-	}
 	if strings.Join(addrs.Embedded, ",") != "kafka,mongodb" {
 		t.Errorf("embedded = %v, want kafka and mongodb (redis given by REDIS_URL)", addrs.Embedded)
 	}
@@ -229,6 +207,38 @@ func TestDevstackEndToEnd(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("devstack did not stop within 30s of cancellation")
 	}
+}
+
+// startDevstack runs devstack.Run on free ports with embedded Kafka and FerretDB and a real redis-server,
+// and returns once it serves. cancel starts the shutdown; done receives Run's result.
+func startDevstack(t *testing.T) (context.Context, devstack.Addresses, context.CancelFunc, chan error) {
+	t.Helper()
+	vars := map[string]string{
+		"GRPC_ADDR": "127.0.0.1:0", "HTTP_ADDR": "127.0.0.1:0", "METRICS_ADDR": "127.0.0.1:0",
+		"DEVSTACK_KAFKA_ADDR": "127.0.0.1:0", "DEVSTACK_MONGO_ADDR": "127.0.0.1:0",
+		"DEVSTACK_PIPELINE_METRICS_ADDR": "127.0.0.1:0",
+		"DEVSTACK_DATA_DIR": t.TempDir(), "REDIS_URL": testenv.Redis(t),
+		"HEALTH_CHECK_INTERVAL": "200ms", "SHUTDOWN_DRAIN_DELAY": "500ms", "SHUTDOWN_TIMEOUT": "5s",
+	}
+	cfg, err := config.Load(func(k string) string { return vars[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	ready := make(chan devstack.Addresses, 1)
+	done := make(chan error, 1)
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	go func() { done <- devstack.Run(ctx, cfg, logger, func(a devstack.Addresses) { ready <- a }) }()
+	select {
+	case addrs := <-ready:
+		return ctx, addrs, cancel, done
+	case err := <-done:
+		t.Fatalf("devstack stopped before serving: %v", err)
+	case <-time.After(90 * time.Second):
+		t.Fatal("devstack not serving after 90s")
+	}
+	panic("unreachable")
 }
 
 func waitFor(t *testing.T, limit time.Duration, what string, ok func() bool) {

@@ -77,6 +77,7 @@ func newRunner(stages []Stage, cfg Config, reg prometheus.Registerer, logger *sl
 	}
 	for _, s := range stages {
 		r.processed.WithLabelValues(s.Name())
+		r.retries.WithLabelValues(s.Name())
 	}
 	return r, nil
 }

@@ -27,7 +27,7 @@ type DriverMetrics struct {
 
 // NewDriverMetrics creates the metrics, unregistered: a DriverMetrics is a prometheus.Collector.
 func NewDriverMetrics() *DriverMetrics {
-	return &DriverMetrics{
+	m := &DriverMetrics{
 		inUse: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: observability.Namespace, Subsystem: "mongodb", Name: "pool_connections_in_use",
 			Help: "MongoDB connections checked out of the driver's pool (in use by an operation).",
@@ -45,6 +45,11 @@ func NewDriverMetrics() *DriverMetrics {
 			Help: "Failed heartbeats of the MongoDB driver's server monitoring.",
 		}),
 	}
+	// The driver's checkout failure reasons exist as zero series before the first failure.
+	for _, r := range []string{event.ReasonPoolClosed, event.ReasonTimedOut, event.ReasonConnectionErrored} {
+		m.checkoutsFailed.WithLabelValues(r)
+	}
+	return m
 }
 
 // Describe implements prometheus.Collector.

@@ -35,13 +35,13 @@ func main() {
 platform devstack is up (embedded: %s)
   gRPC         %s   grpcurl -plaintext 127.0.0.1:%s list
   REST         http://%s   curl http://127.0.0.1:%s/v1/health
-  metrics      http://%s/metrics
+  metrics      http://%s/metrics (gateway), http://%s/metrics (pipeline, DLQ, watchers)
   kafka        %s   kcat -b %s -L
   mongodb      %s
   redis        %s
 Ctrl-C stops it (twice forces).
 
-`, strings.Join(a.Embedded, ", "), a.GRPC, port(a.GRPC), a.HTTP, port(a.HTTP), a.Metrics, a.Kafka, a.Kafka, a.MongoURI, a.RedisURL)
+`, strings.Join(a.Embedded, ", "), a.GRPC, port(a.GRPC), a.HTTP, port(a.HTTP), a.Metrics, a.PipelineMetrics, a.Kafka, a.Kafka, a.MongoURI, a.RedisURL)
 	})
 	if err != nil {
 		logger.Error("devstack failed", "error", err)

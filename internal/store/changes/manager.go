@@ -174,6 +174,16 @@ func New(cfg Config) (*Manager, error) {
 			Name: "supported", Help: "1 when the MongoDB server offers change streams, 0 when not (FerretDB, standalone), -1 before detection."}),
 	}
 	m.supported.Set(-1)
+	// Every watched collection's series exist from the start, so a dashboard or an alert on rate() sees 0
+	// rather than nothing (on FerretDB they stay 0 and supported says why).
+	for _, w := range cfg.Watches {
+		for _, vec := range []*prometheus.CounterVec{m.resumes, m.historyLost, m.errs} {
+			vec.WithLabelValues(w.Collection)
+		}
+		for _, op := range []string{"insert", "update", "replace", "delete"} {
+			m.events.WithLabelValues(w.Collection, op)
+		}
+	}
 	for _, c := range []prometheus.Collector{m.events, m.resumes, m.historyLost, m.errs, m.supported} {
 		if err := cfg.Registerer.Register(c); err != nil {
 			return nil, fmt.Errorf("register change stream metrics: %w", err)
