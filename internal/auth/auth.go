@@ -52,8 +52,8 @@ func unauthenticated(reason string) error {
 // ("Bearer <jwt>", scheme case-insensitive). grpc-gateway forwards the HTTP Authorization header
 // under the same key.
 func TokenFromContext(ctx context.Context) (string, error) {
-	md, _ := metadata.FromIncomingContext(ctx)
-	vals := md.Get("authorization")
+	// ValueFromIncomingContext reads the one key without copying the whole metadata map.
+	vals := metadata.ValueFromIncomingContext(ctx, "authorization")
 	switch len(vals) {
 	case 0:
 		return "", unauthenticated("missing bearer token")

@@ -28,9 +28,13 @@ type Config struct {
 	Audience   string           // enforced when non-empty
 	Leeway     time.Duration    // clock skew allowed on exp/nbf/iat; default 30s when zero
 	Now        func() time.Time // for tests; nil = time.Now
+	// CacheTTL bounds how long a verified token is remembered (never past its exp); default 1 minute when
+	// zero, negative disables the cache. CacheSize bounds the number of tokens remembered (default 10,000).
+	CacheTTL  time.Duration
+	CacheSize int
 }
 
-// Verifier verifies bearer JWTs. It is immutable and safe for concurrent use.
+// Verifier verifies bearer JWTs. Its configuration is immutable; it is safe for concurrent use.
 type Verifier struct {
 	hmacSecret []byte                     // nil when HS256 is disabled
 	keys       map[string]verificationKey // JWKS keys by kid
@@ -38,6 +42,8 @@ type Verifier struct {
 	issuer     string
 	audience   string
 	parser     *jwt.Parser
+	now        func() time.Time
+	cache      *tokenCache // verified tokens; nil when disabled
 }
 
 // NewVerifier checks cfg and loads the JWKS file once; the error names the env var to fix.
@@ -51,7 +57,10 @@ func NewVerifier(cfg Config) (*Verifier, error) {
 	if cfg.Leeway < 0 {
 		return nil, fmt.Errorf("auth: negative leeway %s", cfg.Leeway)
 	}
-	v := &Verifier{issuer: cfg.Issuer, audience: cfg.Audience}
+	v := &Verifier{issuer: cfg.Issuer, audience: cfg.Audience, now: cfg.Now, cache: newTokenCache(cfg.CacheTTL, cfg.CacheSize)}
+	if v.now == nil {
+		v.now = time.Now
+	}
 	if len(cfg.HMACSecret) > 0 {
 		v.hmacSecret = bytes.Clone(cfg.HMACSecret)
 		v.algs = append(v.algs, jwt.SigningMethodHS256.Alg())
@@ -93,8 +102,13 @@ func NewVerifier(cfg Config) (*Verifier, error) {
 }
 
 // Verify authenticates token and returns its principal. Every error wraps ErrUnauthenticated and says
-// why, without echoing the token or its claim values.
+// why, without echoing the token or its claim values. A token verified before is answered from the
+// cache until min(exp, now + CacheTTL); the principal's Roles are shared between such calls, read-only.
 func (v *Verifier) Verify(token string) (Principal, error) {
+	now := v.now()
+	if p, ok := v.cache.get(token, now); ok {
+		return p, nil
+	}
 	if token == "" {
 		return Principal{}, unauthenticated("missing bearer token")
 	}
@@ -108,6 +122,7 @@ func (v *Verifier) Verify(token string) (Principal, error) {
 	if _, err := v.parser.ParseWithClaims(token, &c, v.keyFor); err != nil {
 		return Principal{}, unauthenticated(v.reasons(err, &c))
 	}
+	v.cache.put(token, c.principal, c.ExpiresAt.Time, now) // exp is required, so set after a pass
 	return c.principal, nil
 }
 

@@ -33,6 +33,14 @@ type Authorizer struct {
 
 	decisions *prometheus.CounterVec
 	duration  prometheus.Histogram
+	// counted holds the decisions counter of every permission × the codes decide returns, resolved once
+	// (and so present in /metrics from the start): label hashing is not on every call's path.
+	counted map[decisionKey]prometheus.Counter
+}
+
+type decisionKey struct {
+	perm Permission
+	code codes.Code
 }
 
 // NewAuthorizer returns an Authorizer using members for membership and dir for message authors.
@@ -49,6 +57,12 @@ func NewAuthorizer(members *MembershipCache, dir Directory, reg prometheus.Regis
 			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1},
 		}),
 	}
+	a.counted = map[decisionKey]prometheus.Counter{}
+	for _, perm := range allPermissions {
+		for _, code := range []codes.Code{codes.OK, codes.InvalidArgument, codes.NotFound, codes.PermissionDenied, codes.Unavailable} {
+			a.counted[decisionKey{perm, code}] = a.decisions.WithLabelValues(string(perm), code.String())
+		}
+	}
 	for _, col := range []prometheus.Collector{a.decisions, a.duration} {
 		if err := reg.Register(col); err != nil {
 			return nil, fmt.Errorf("register authz metrics: %w", err)
@@ -63,9 +77,14 @@ func NewAuthorizer(members *MembershipCache, dir Directory, reg prometheus.Regis
 // (fail closed); INVALID_ARGUMENT when the request lacks the conversation id.
 func (a *Authorizer) Authorize(ctx context.Context, p auth.Principal, req Request) error {
 	start := time.Now()
-	err := a.decide(ctx, p, req)
+	err := a.decide(ctx, start, p, req)
 	a.duration.Observe(time.Since(start).Seconds())
-	a.decisions.WithLabelValues(string(req.Permission), status.Code(err).String()).Inc()
+	code := status.Code(err)
+	if c, ok := a.counted[decisionKey{req.Permission, code}]; ok {
+		c.Inc()
+	} else {
+		a.decisions.WithLabelValues(string(req.Permission), code.String()).Inc()
+	}
 	return err
 }
 
@@ -74,7 +93,7 @@ func (a *Authorizer) CanSend(ctx context.Context, sender auth.Principal, convers
 	return a.Authorize(ctx, sender, Request{Permission: MessageSend, ConversationID: conversationID, RequireMembership: true})
 }
 
-func (a *Authorizer) decide(ctx context.Context, p auth.Principal, req Request) error {
+func (a *Authorizer) decide(ctx context.Context, now time.Time, p auth.Principal, req Request) error {
 	if !req.RequireMembership && req.ConversationID == "" {
 		if platformGrant(p.Roles, req.Permission) {
 			return nil
@@ -84,7 +103,7 @@ func (a *Authorizer) decide(ctx context.Context, p auth.Principal, req Request) 
 	if req.ConversationID == "" {
 		return status.Error(codes.InvalidArgument, "conversation id is required")
 	}
-	m, err := a.members.Lookup(ctx, p.TenantID, req.ConversationID, p.Subject)
+	m, err := a.members.lookupAt(ctx, now, p.TenantID, req.ConversationID, p.Subject)
 	if err != nil {
 		return status.Error(codes.Unavailable, "cannot check conversation membership right now; retry later")
 	}

@@ -134,10 +134,18 @@ type harness struct {
 	mongo    *testenv.MongoServer
 	redisSrv *testenv.RedisServer
 	cache    *authz.MembershipCache
+	access   *authz.Interceptor
 	reg      *prometheus.Registry
 }
 
 func newHarness(t testing.TB) *harness {
+	t.Helper()
+	return newHarnessWith(t, authz.CacheConfig{}, "")
+}
+
+// newHarnessWith builds the harness with a cache configuration and, when redisAddr is not empty, with
+// the cache talking to Redis at that address (e.g. through a proxy) instead of the harness's own.
+func newHarnessWith(t testing.TB, cfg authz.CacheConfig, redisAddr string) *harness {
 	t.Helper()
 	ctx := context.Background()
 	h := &harness{mongo: testenv.StartMongoServer(t), redisSrv: testenv.StartRedisServer(t), reg: prometheus.NewRegistry()}
@@ -157,11 +165,14 @@ func newHarness(t testing.TB) *harness {
 		t.Fatal(err)
 	}
 	opts.MaxRetries = -1 // a stopped Redis must fail fast in the fallback tests
+	if redisAddr != "" {
+		opts.Addr = redisAddr
+	}
 	rdb := redis.NewClient(opts)
 	t.Cleanup(func() { _ = rdb.Close() })
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	dir := authz.StoreDirectory{Store: h.st}
-	h.cache, err = authz.NewMembershipCache(rdb, dir, authz.CacheConfig{}, h.reg, logger)
+	h.cache, err = authz.NewMembershipCache(rdb, dir, cfg, h.reg, logger)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -174,6 +185,7 @@ func newHarness(t testing.TB) *harness {
 		t.Fatal(err)
 	}
 	access := authz.NewInterceptor(verifier, authorizer)
+	h.access = access
 	gs := grpc.NewServer(grpc.UnaryInterceptor(access.Unary()), grpc.StreamInterceptor(access.Stream()))
 	for _, sd := range []grpc.ServiceDesc{platformv1.ConversationService_ServiceDesc, platformv1.MessageService_ServiceDesc,
 		platformv1.DeadLetterService_ServiceDesc, platformv1.HealthService_ServiceDesc} {

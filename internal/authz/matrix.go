@@ -27,6 +27,12 @@ const (
 	DLQWrite           Permission = "dlq.write"
 )
 
+// allPermissions lists the constants above (the decisions metric is pre-initialised for each).
+var allPermissions = []Permission{
+	ConversationCreate, ConversationList, ConversationRead, ConversationUpdate, ConversationDelete,
+	MemberList, MemberAdd, MemberRemove, MessageRead, MessageSend, MessageUpdate, MessageDelete, DLQRead, DLQWrite,
+}
+
 // Grant is how far a role holds a permission.
 type Grant int
 

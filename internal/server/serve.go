@@ -111,7 +111,8 @@ func build(ctx context.Context, cfg config.Config, logger *slog.Logger, cl *clie
 				Logger:  logger,
 			}),
 		},
-		Workers:      []func(context.Context){hub.Run},
+		// members.Run holds the invalidation subscription that enables the in-process membership cache.
+		Workers:      []func(context.Context){hub.Run, members.Run},
 		Config:       cfg,
 		Logger:       logger,
 		Registry:     reg,

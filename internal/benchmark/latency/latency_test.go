@@ -1,0 +1,153 @@
+package latency
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	platformv1 "github.com/msgplatform/platform/gen/platform/v1"
+)
+
+// The authorized path really authorizes: every measured call is an OK decision of the authorizer, served
+// by the in-process cache, and a non-member or an anonymous caller is refused on the very same path,
+// while the plain server answers anyone.
+func TestMeasureAuthzGoesThroughAuthorization(t *testing.T) {
+	s, err := newAuthzSetup(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := counter(t, s, "platform_authz_decisions_total", `permission="conversation.read",result="OK"`)
+	l1Before := counter(t, s, "platform_membership_cache_lookups_total", `result="local_hit"`)
+	const rounds, calls = 3, 20
+	res, err := s.measure(rounds, calls)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Ratio <= 0 || res.P50AuthorizedMicros <= 0 || res.P50PlainMicros <= 0 {
+		t.Fatalf("result = %+v", res)
+	}
+	authorized := float64(rounds*calls + 5) // the measured calls and alternate's warm-up
+	if got := counter(t, s, "platform_authz_decisions_total", `permission="conversation.read",result="OK"`) - before; got != authorized {
+		t.Errorf("OK decisions during the measurement = %v, want %v (one per authorized call)", got, authorized)
+	}
+	if got := counter(t, s, "platform_membership_cache_lookups_total", `result="local_hit"`) - l1Before; got != authorized {
+		t.Errorf("in-process cache hits = %v, want %v: the cache was not warm", got, authorized)
+	}
+
+	req := &platformv1.GetConversationRequest{ConversationId: s.conversation}
+	if _, err := s.authorized.GetConversation(s.nonMember, req); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("non-member on the authorized path: %v, want PermissionDenied", err)
+	}
+	if _, err := s.authorized.GetConversation(context.Background(), req); status.Code(err) != codes.Unauthenticated {
+		t.Errorf("no token on the authorized path: %v, want Unauthenticated", err)
+	}
+	if _, err := s.plain.GetConversation(s.nonMember, req); err != nil {
+		t.Errorf("plain server: %v, want no interceptor at all", err)
+	}
+}
+
+func TestMeasureAuthz(t *testing.T) {
+	res, err := MeasureAuthz(t, 2, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Ratio <= 0 || res.Rounds != 2 || res.Calls != 10 {
+		t.Fatalf("result = %+v", res)
+	}
+}
+
+// Both paths hit the same gateway, conversation and token; REST goes through authorization too.
+func TestMeasureRESTvsGRPC(t *testing.T) {
+	g, err := newGateway(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const l1Hits = `platform_membership_cache_lookups_total{result="local_hit"}`
+	before, err := g.metric(l1Hits)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := g.measure(2, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Every measured call (both protocols, warm-up included) is authorized from the warm in-process cache.
+	if after, err := g.metric(l1Hits); err != nil || after-before != 2*(2*10+5) {
+		t.Errorf("in-process membership hits during the measurement = %v (%v), want %d", after-before, err, 2*(2*10+5))
+	}
+	if res.Ratio <= 0 || res.P50RESTMicros <= 0 || res.P50GRPCMicros <= 0 {
+		t.Fatalf("result = %+v", res)
+	}
+	body, err := g.getREST(g.member)
+	if err != nil || !strings.Contains(string(body), `"id":"`+g.conversation+`"`) {
+		t.Errorf("REST answer = %s, %v; want the conversation", body, err)
+	}
+	if id, err := g.getGRPC(g.member); err != nil || id != g.conversation {
+		t.Errorf("gRPC answer = %q, %v", id, err)
+	}
+	var se *statusError
+	if _, err := g.getREST(g.other); !errors.As(err, &se) || se.code != 403 {
+		t.Errorf("REST as a non-member: %v, want HTTP 403", err)
+	}
+	if _, err := g.getGRPC(g.other); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("gRPC as a non-member: %v, want PermissionDenied", err)
+	}
+	if _, err := g.getREST(""); !errors.As(err, &se) || se.code != 401 {
+		t.Errorf("REST without a token: %v, want HTTP 401", err)
+	}
+}
+
+// BenchmarkAuthzOverhead reports authz_latency_ratio (goal ≤ 1.10); run with -benchtime 1x.
+func BenchmarkAuthzOverhead(b *testing.B) {
+	for range b.N {
+		res, err := MeasureAuthz(b, 11, 400)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.ReportMetric(res.Ratio, "authz_latency_ratio")
+		b.ReportMetric(res.P50AuthorizedMicros, "p50_authorized_µs")
+		b.ReportMetric(res.P50PlainMicros, "p50_no_interceptors_µs")
+	}
+}
+
+// BenchmarkRESTvsGRPC reports rest_vs_grpc_latency_ratio (goal ≤ 2.0); run with -benchtime 1x.
+func BenchmarkRESTvsGRPC(b *testing.B) {
+	for range b.N {
+		res, err := MeasureRESTvsGRPC(b, 9, 200)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.ReportMetric(res.Ratio, "rest_vs_grpc_latency_ratio")
+		b.ReportMetric(res.P50RESTMicros, "p50_rest_µs")
+		b.ReportMetric(res.P50GRPCMicros, "p50_grpc_µs")
+	}
+}
+
+// counter reads one sample of a counter vector from the setup's registry.
+func counter(t *testing.T, s *authzSetup, name, labels string) float64 {
+	t.Helper()
+	mfs, err := s.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			var parts []string
+			for _, l := range m.GetLabel() {
+				parts = append(parts, fmt.Sprintf("%s=%q", l.GetName(), l.GetValue()))
+			}
+			if strings.Join(parts, ",") == labels {
+				return m.GetCounter().GetValue()
+			}
+		}
+	}
+	return 0
+}
