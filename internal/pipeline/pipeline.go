@@ -23,10 +23,19 @@
 // Memory is bounded whatever the backlog: at most MaxPollRecords records are in hand, and what franz-go
 // buffers ahead is bounded by MaxConcurrentFetches × FetchMaxBytes.
 //
+// # Reads per batch
+//
+// The tenant and authorize stages read the store through batchReads: the conversations of the whole
+// polled batch (its record keys) with one query, and on the membership cache's first miss for a tenant,
+// that tenant's memberships of those conversations with one more. A read per partition, conversation or
+// sender would cost a round trip each, and on FerretDB a collection scan each (see directory.go).
+//
 // # Order
 //
 // A conversation's records share a partition (the record key is the conversation id), and a partition's
-// records go through each stage in offset order, the next batch only after this one is committed. Message
+// records go through each stage in offset order, the next batch only after this one is committed (the
+// bulk writer runs two InsertMany at once, but a partition has one Write in flight, and the commands of
+// one Write run one after the other). Message
 // ids are ULIDs assigned at send time, so listing by id is send order whatever happens here. Storage and
 // events follow send order too, except when a transient error hits only some records of one stage call
 // (say, one write error among a bulk insert's documents): those are retried after the others went on.
@@ -110,6 +119,9 @@ type Pipeline struct {
 	batchDuration prometheus.Histogram
 	commits       *prometheus.CounterVec
 	closeOnce     sync.Once
+
+	// newReads, when set (Service sets it), makes the reads shared by a polled batch's partitions.
+	newReads func(keys []string) *batchReads
 }
 
 // New returns a pipeline over brokers running stages, producing dead letters with producer. It joins the
@@ -217,6 +229,8 @@ func (p *Pipeline) runBatch(ctx context.Context, fetches kgo.Fetches) error {
 
 	var parts []partitionBatch
 	index := map[int32]int{}
+	var keys []string
+	seenKey := map[string]bool{}
 	fetches.EachRecord(func(r *kgo.Record) {
 		i, ok := index[r.Partition]
 		if !ok {
@@ -225,7 +239,14 @@ func (p *Pipeline) runBatch(ctx context.Context, fetches kgo.Fetches) error {
 			parts = append(parts, partitionBatch{partition: r.Partition})
 		}
 		parts[i].items = append(parts[i].items, newItem(r))
+		if k := string(r.Key); k != "" && !seenKey[k] {
+			seenKey[k] = true
+			keys = append(keys, k)
+		}
 	})
+	if p.newReads != nil {
+		bctx = withBatchReads(bctx, p.newReads(keys))
+	}
 	p.batchRecords.Observe(float64(fetches.NumRecords()))
 	// Lag from what the fetch response already carries: no extra request to the brokers.
 	fetches.EachPartition(func(fp kgo.FetchTopicPartition) {

@@ -66,7 +66,7 @@ func (s *Service) build(ctx context.Context, cfg config.Config, pcfg Config, reg
 	if err := st.EnsureIndexes(ctx); err != nil {
 		return fmt.Errorf("mongodb indexes: %w", err)
 	}
-	dir := authz.StoreDirectory{Store: st}
+	dir := batchDirectory{authz.StoreDirectory{Store: st}}
 	members, err := authz.NewMembershipCache(s.clients.Redis, dir, authz.CacheConfig{}, reg, s.logger)
 	if err != nil {
 		return err
@@ -76,7 +76,7 @@ func (s *Service) build(ctx context.Context, cfg config.Config, pcfg Config, reg
 		return err
 	}
 	s.writer, err = store.NewBulkWriter(st, store.BulkConfig{
-		MaxDocs: pcfg.BulkMaxDocs, MaxDelay: pcfg.BulkMaxDelay, WriteConcern: pcfg.WriteConcern,
+		MaxDocs: pcfg.BulkMaxDocs, MaxDelay: pcfg.BulkMaxDelay, MaxInFlight: pcfg.BulkMaxInFlight, WriteConcern: pcfg.WriteConcern,
 	}, reg, s.logger)
 	if err != nil {
 		return err
@@ -88,7 +88,11 @@ func (s *Service) build(ctx context.Context, cfg config.Config, pcfg Config, reg
 		return err
 	}
 	s.pipeline, err = New(pcfg, cfg.KafkaBrokers, stages, s.clients.Kafka, reg, s.logger)
-	return err
+	if err != nil {
+		return err
+	}
+	s.pipeline.newReads = func(keys []string) *batchReads { return newBatchReads(st, keys) }
+	return nil
 }
 
 // Dependencies describes the connections as health checks (for /healthz and /readyz).

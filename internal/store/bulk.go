@@ -43,7 +43,15 @@ type BulkConfig struct {
 	WriteConcern *writeconcern.WriteConcern
 	// Timeout bounds one InsertMany (default 30s); a timeout is a transient error.
 	Timeout time.Duration
+	// MaxInFlight is how many InsertMany commands may run at once (default 2). While one runs, the
+	// server can decode and prepare the next, which a single writer leaves idle; more than a couple
+	// only queue on the server's write lock. A Write's messages split over two commands are inserted
+	// one command after the other, never at once, so a caller's messages keep their order.
+	MaxInFlight int
 }
+
+// DefaultBulkMaxInFlight is BulkConfig.MaxInFlight's default.
+const DefaultBulkMaxInFlight = 2
 
 // BulkResult is the outcome of one message of a Write.
 type BulkResult struct {
@@ -57,8 +65,9 @@ type BulkResult struct {
 }
 
 // BulkWriter coalesces the messages of concurrent Write calls into unordered InsertMany commands, by
-// count (MaxDocs) and by time (MaxDelay), with the message id as _id. One InsertMany runs at a time:
-// while it runs, new writes wait, which is the back-pressure a slow store puts on its callers.
+// count (MaxDocs) and by time (MaxDelay), with the message id as _id. At most MaxInFlight InsertMany run
+// at a time: while they run, new writes wait, which is the back-pressure a slow store puts on its
+// callers.
 type BulkWriter struct {
 	cfg    BulkConfig
 	logger *slog.Logger
@@ -105,6 +114,9 @@ func NewBulkWriter(s *Store, cfg BulkConfig, reg prometheus.Registerer, logger *
 	}
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = DefaultBulkTimeout
+	}
+	if cfg.MaxInFlight <= 0 {
+		cfg.MaxInFlight = DefaultBulkMaxInFlight
 	}
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
@@ -231,6 +243,8 @@ func (w *BulkWriter) loop() {
 		pending []slot
 		timer   *time.Timer
 		timeout <-chan time.Time
+		sem     = make(chan struct{}, w.cfg.MaxInFlight)
+		last    flight // the InsertMany dispatched last
 	)
 	stopTimer := func() {
 		if timer != nil {
@@ -238,6 +252,30 @@ func (w *BulkWriter) loop() {
 		}
 		timeout = nil
 	}
+	// dispatch starts an InsertMany of slots once fewer than MaxInFlight run and, if slots continue a
+	// Write that the previous InsertMany holds part of, once that one is done: a Write's messages are
+	// inserted in order.
+	dispatch := func(slots []slot, trigger string) {
+		if last.done != nil && len(slots) > 0 && last.reqs[slots[0].req] {
+			<-last.done
+		}
+		sem <- struct{}{}
+		f := flight{done: make(chan struct{}), reqs: make(map[*bulkRequest]bool)}
+		for _, s := range slots {
+			f.reqs[s.req] = true
+		}
+		now := w.now() // taken in dispatch order, so persist times follow it
+		go func() {
+			defer func() { <-sem; close(f.done) }()
+			w.flush(slots, trigger, now)
+		}()
+		last = f
+	}
+	defer func() { // wait for the InsertMany still running
+		for range cap(sem) {
+			sem <- struct{}{}
+		}
+	}()
 	for {
 		select {
 		case req := <-w.in:
@@ -247,7 +285,7 @@ func (w *BulkWriter) loop() {
 				}
 			}
 			for len(pending) >= w.cfg.MaxDocs {
-				w.flush(pending[:w.cfg.MaxDocs], "count")
+				dispatch(pending[:w.cfg.MaxDocs:w.cfg.MaxDocs], "count")
 				pending = append([]slot(nil), pending[w.cfg.MaxDocs:]...)
 				stopTimer()
 			}
@@ -257,16 +295,22 @@ func (w *BulkWriter) loop() {
 			}
 		case <-timeout:
 			timeout = nil
-			w.flush(pending, "time")
+			dispatch(pending, "time")
 			pending = nil
 		case <-w.quit:
 			stopTimer()
 			if len(pending) > 0 {
-				w.flush(pending, "close")
+				dispatch(pending, "close")
 			}
 			return
 		}
 	}
+}
+
+// flight is one dispatched InsertMany: closed done when finished, and the Writes it holds messages of.
+type flight struct {
+	done chan struct{}
+	reqs map[*bulkRequest]bool
 }
 
 // outcome is what became of one document of an InsertMany.
@@ -276,9 +320,8 @@ type outcome struct {
 }
 
 // flush inserts the slots' messages with one unordered InsertMany and hands each its result.
-func (w *BulkWriter) flush(slots []slot, trigger string) {
+func (w *BulkWriter) flush(slots []slot, trigger string, now time.Time) {
 	w.flushes.WithLabelValues(trigger).Inc()
-	now := w.now()
 	docs := make([]messageDoc, len(slots))
 	anyDocs := make([]any, len(slots))
 	for k, s := range slots {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -315,5 +316,74 @@ func TestIsTransient(t *testing.T) {
 		if got := IsTransient(c.err); got != c.want {
 			t.Errorf("IsTransient(%v) = %v, want %v", c.err, got, c.want)
 		}
+	}
+}
+
+// TestBulkWriterInFlight checks MaxInFlight: InsertMany commands of different Writes run at once, while
+// the commands of one Write split by MaxDocs run one after the other, in its order.
+func TestBulkWriterInFlight(t *testing.T) {
+	s, _ := newTestStore(t)
+	ctx := testCtx(t)
+	w := newTestBulkWriter(t, s, BulkConfig{MaxDocs: 3, MaxDelay: time.Hour, MaxInFlight: 2})
+	conv := mustCreate(t, s, "t1", "alice")
+	real := w.insert
+	var mu sync.Mutex
+	active, maxActive := 0, 0
+	var firstIDs []string
+	both := make(chan struct{})
+	w.insert = func(ctx context.Context, docs []any) error {
+		mu.Lock()
+		active++
+		maxActive = max(maxActive, active)
+		firstIDs = append(firstIDs, docs[0].(messageDoc).ID)
+		if active == 2 {
+			close(both)
+		}
+		mu.Unlock()
+		if len(docs) == 3 && docs[0].(messageDoc).TenantID == "t1" {
+			// The two Writes' commands wait for each other (a deadline, not a sleep, bounds it).
+			select {
+			case <-both:
+			case <-time.After(5 * time.Second):
+			}
+		}
+		err := real(ctx, docs)
+		mu.Lock()
+		active--
+		mu.Unlock()
+		return err
+	}
+	a, b := newMessages("t1", conv.ID, 3), newMessages("t1", conv.ID, 3)
+	var wg sync.WaitGroup
+	for _, msgs := range [][]Message{a, b} {
+		wg.Go(func() {
+			for _, r := range w.Write(ctx, msgs) {
+				if r.Err != nil {
+					t.Error(r.Err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if maxActive != 2 {
+		t.Fatalf("at most %d InsertMany at once, want 2", maxActive)
+	}
+
+	// One Write of 9: three commands of 3, one at a time, in order.
+	mu.Lock()
+	maxActive, firstIDs = 0, nil
+	mu.Unlock()
+	msgs := newMessages("t2", conv.ID, 9)
+	res := w.Write(ctx, msgs)
+	for i, r := range res {
+		if r.Err != nil {
+			t.Fatalf("message %d: %v", i, r.Err)
+		}
+		if i > 0 && r.Message.PersistTime.Before(res[i-1].Message.PersistTime) {
+			t.Fatalf("message %d persisted before message %d", i, i-1)
+		}
+	}
+	if maxActive != 1 || !slices.Equal(firstIDs, []string{msgs[0].ID, msgs[3].ID, msgs[6].ID}) {
+		t.Fatalf("commands of one Write: at most %d at once, starting with %v; want 1, in order", maxActive, firstIDs)
 	}
 }

@@ -176,10 +176,16 @@ func conversationFilter(tenantID, id string) bson.D {
 // Get returns a conversation, archived or not. ErrNotFound if it does not exist in tenantID.
 func (r *Conversations) Get(ctx context.Context, tenantID, id string) (Conversation, error) {
 	var doc conversationDoc
+	// By _id alone, the tenant checked here: FerretDB answers a filter that is exactly {_id: value} from
+	// its primary key but scans (and decodes) the whole collection for anything more, and this is the
+	// pipeline's and the authorizer's hot read. MongoDB uses the _id index either way.
 	if err := r.core.guard.Read(ctx, func(ctx context.Context) error {
-		return r.core.conversations.FindOne(ctx, conversationFilter(tenantID, id)).Decode(&doc)
+		return r.core.conversations.FindOne(ctx, bson.D{{Key: "_id", Value: id}}).Decode(&doc)
 	}); err != nil {
 		return Conversation{}, fmt.Errorf("get conversation %s: %w", id, notFound(err))
+	}
+	if doc.TenantID != tenantID {
+		return Conversation{}, fmt.Errorf("get conversation %s: %w", id, ErrNotFound)
 	}
 	return doc.conversation(), nil
 }
@@ -340,6 +346,45 @@ func (r *Conversations) ListForUser(ctx context.Context, tenantID, userID string
 		next = encodePageToken(tokenConversations, scope, out[size-1].ID)
 	}
 	return out, next, nil
+}
+
+// GetMany returns the conversations of tenantID among ids, archived or not, by id, with one query; an id
+// that does not exist in tenantID is absent from the map. The pipeline checks a batch's conversations
+// with it instead of one Get each.
+func (r *Conversations) GetMany(ctx context.Context, tenantID string, ids []string) (map[string]Conversation, error) {
+	if len(ids) == 0 {
+		return map[string]Conversation{}, nil
+	}
+	out, err := r.byIDs(ctx, tenantID, ids, true)
+	if err != nil {
+		return nil, fmt.Errorf("get %d conversations of tenant %s: %w", len(ids), tenantID, err)
+	}
+	return out, nil
+}
+
+// GetByIDs returns the conversations among ids, by id, whatever their tenant, with one query on _id: the
+// caller must check TenantID. The pipeline reads all the conversations of a polled batch with it before
+// it knows the records' tenants (a record's key is its conversation id).
+func (r *Conversations) GetByIDs(ctx context.Context, ids []string) (map[string]Conversation, error) {
+	out := make(map[string]Conversation, len(ids))
+	if len(ids) == 0 {
+		return out, nil
+	}
+	var docs []conversationDoc
+	if err := r.core.guard.Read(ctx, func(ctx context.Context) error {
+		docs = nil
+		cur, err := r.core.conversations.Find(ctx, bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: ids}}}})
+		if err != nil {
+			return err
+		}
+		return cur.All(ctx, &docs)
+	}); err != nil {
+		return nil, fmt.Errorf("get %d conversations: %w", len(ids), err)
+	}
+	for _, d := range docs {
+		out[d.ID] = d.conversation()
+	}
+	return out, nil
 }
 
 // byIDs returns the conversations of tenantID among ids, by id.

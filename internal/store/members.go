@@ -102,10 +102,14 @@ func membershipFilter(tenantID, conversationID, userID string) bson.D {
 // conversation is not in tenantID).
 func (r *Members) Get(ctx context.Context, tenantID, conversationID, userID string) (Member, error) {
 	var doc memberDoc
+	// By _id alone (it names the tenant), as Conversations.Get does, for FerretDB's sake.
 	if err := r.core.guard.Read(ctx, func(ctx context.Context) error {
-		return r.core.memberships.FindOne(ctx, membershipFilter(tenantID, conversationID, userID)).Decode(&doc)
+		return r.core.memberships.FindOne(ctx, bson.D{{Key: "_id", Value: MembershipID(tenantID, conversationID, userID)}}).Decode(&doc)
 	}); err != nil {
 		return Member{}, fmt.Errorf("get member %s of conversation %s: %w", userID, conversationID, notFound(err))
+	}
+	if doc.TenantID != tenantID {
+		return Member{}, fmt.Errorf("get member %s of conversation %s: %w", userID, conversationID, ErrNotFound)
 	}
 	return doc.member(), nil
 }
@@ -303,4 +307,30 @@ func (r *Members) List(ctx context.Context, tenantID, conversationID string, pag
 		out[i] = d.member()
 	}
 	return out, next, nil
+}
+
+// OfConversations returns every membership of the tenant's conversations among conversationIDs, with one
+// query (served by the tenant_id, conversation_id, user_id index). The pipeline reads a batch's
+// memberships with it, where a Get per sender would cost a round trip each.
+func (r *Members) OfConversations(ctx context.Context, tenantID string, conversationIDs []string) ([]Member, error) {
+	if len(conversationIDs) == 0 {
+		return nil, nil
+	}
+	filter := bson.D{{Key: "tenant_id", Value: tenantID}, {Key: "conversation_id", Value: bson.D{{Key: "$in", Value: conversationIDs}}}}
+	var docs []memberDoc
+	if err := r.core.guard.Read(ctx, func(ctx context.Context) error {
+		docs = nil
+		cur, err := r.core.memberships.Find(ctx, filter)
+		if err != nil {
+			return err
+		}
+		return cur.All(ctx, &docs)
+	}); err != nil {
+		return nil, fmt.Errorf("members of %d conversations of tenant %s: %w", len(conversationIDs), tenantID, err)
+	}
+	out := make([]Member, len(docs))
+	for i, d := range docs {
+		out[i] = d.member()
+	}
+	return out, nil
 }
