@@ -85,12 +85,8 @@ token: ## print a dev JWT: make token SUB=alice TENANT=t1 ROLES=user (uses AUTH_
 	@AUTH_HMAC_SECRET="$${AUTH_HMAC_SECRET:-$(DEV_HMAC_SECRET)}" $(GO) run ./services/token -sub "$(SUB)" -tenant "$(TENANT)" -roles "$(ROLES)"
 
 .PHONY: bench
-BENCH_PKGS ?= ./internal/authz/ ./internal/pipeline/
-bench: ## run the benchmarks and print their ratios as a table (no timing is asserted anywhere)
-	@$(GO) test -run '^$$' -bench . -benchtime 1x -count=1 $(BENCH_PKGS) | tee /tmp/platform-bench.txt | grep -E '^(Benchmark|ok|FAIL)'
-	@echo; echo "| benchmark | metric | value |"; echo "|---|---|---|"
-	@awk '/^Benchmark/ { for (i = 5; i < NF; i += 2) printf "| %s | %s | %s |\n", $$1, $$(i+1), $$i } \
-	  /^BenchmarkIngest\/pipeline/ { p = $$5 } /^BenchmarkIngest\/insert_one/ { o = $$5 } /^BenchmarkIngest\/insert_many/ { m = $$5 } \
-	  END { if (p && o) printf "| ingest | pipeline_vs_insert_one | %.2f |\n", p / o; \
-	        if (p && m) printf "| ingest | pipeline_vs_store_ceiling | %.2f |\n", p / m }' /tmp/platform-bench.txt
+BENCH_ONLY ?=
+bench: ## measure every performance goal (ingest, latency, send→persisted, 1M backlog RSS): Markdown table + bench-results.json
+	BENCH_RESULTS=$(CURDIR)/bench-results.json BENCH_ONLY=$(BENCH_ONLY) \
+	  $(GO) test -run '^$$' -bench '^BenchmarkGoals$$' -benchtime 1x -count=1 -timeout 20m ./internal/benchmark/
 

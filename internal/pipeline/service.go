@@ -27,6 +27,7 @@ type Service struct {
 	clients  *clients.Clients
 	writer   *store.BulkWriter
 	pipeline *Pipeline
+	members  *authz.MembershipCache
 	logger   *slog.Logger
 	timeout  time.Duration // SHUTDOWN_TIMEOUT
 }
@@ -92,6 +93,7 @@ func (s *Service) build(ctx context.Context, cfg config.Config, pcfg Config, reg
 		return err
 	}
 	s.pipeline.newReads = func(keys []string) *batchReads { return newBatchReads(st, keys) }
+	s.members = members
 	return nil
 }
 
@@ -99,7 +101,14 @@ func (s *Service) build(ctx context.Context, cfg config.Config, pcfg Config, reg
 func (s *Service) Dependencies() []health.Dependency { return s.clients.Dependencies() }
 
 // Run consumes until ctx ends and the batch in hand is committed (or abandoned; then the error says so).
-func (s *Service) Run(ctx context.Context) error { return s.pipeline.Run(ctx) }
+// The membership cache's invalidation subscription (which enables its in-process layer) lives as long.
+func (s *Service) Run(ctx context.Context) error {
+	subCtx, stop := context.WithCancel(ctx)
+	subDone := make(chan struct{})
+	go func() { defer close(subDone); s.members.Run(subCtx) }()
+	defer func() { stop(); <-subDone }()
+	return s.pipeline.Run(ctx)
+}
 
 // Close leaves the consumer group, stops the bulk writer, flushes the producer (events and dead letters)
 // and closes the connections, within ctx. Call it after Run returned.
