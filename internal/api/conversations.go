@@ -40,8 +40,10 @@ type Deps struct {
 	Store   *store.Store
 	Members MembershipInvalidator
 	Events  EventPublisher
-	Logger  *slog.Logger
-	Now     func() time.Time // nil: time.Now
+	// Active caches SendMessage's check that the conversation is active (nil: read it every time).
+	Active *ActiveConversations
+	Logger *slog.Logger
+	Now    func() time.Time // nil: time.Now
 }
 
 // Conversations implements platform.v1.ConversationService.
@@ -230,6 +232,9 @@ func (s *Conversations) DeleteConversation(ctx context.Context, req *platformv1.
 	c, err := s.Store.Conversations.Archive(ctx, p.TenantID, req.GetConversationId())
 	if err != nil {
 		return nil, storeError(ctx, s.Logger, "conversation", err)
+	}
+	if s.Active != nil {
+		s.Active.Forget(p.TenantID, c.ID)
 	}
 	out := resources.ConversationToProto(c)
 	s.publish(ctx, &platformv1.Event{Type: platformv1.EventType_EVENT_TYPE_CONVERSATION_DELETED, TenantId: p.TenantID,

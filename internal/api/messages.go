@@ -90,12 +90,8 @@ func (s *Messages) SendMessage(ctx context.Context, req *platformv1.SendMessageR
 		return nil, err
 	}
 	convID := req.GetConversationId()
-	c, err := s.Store.Conversations.Get(ctx, p.TenantID, convID)
-	if err != nil {
-		return nil, storeError(ctx, s.Logger, "conversation", err)
-	}
-	if c.State == store.ConversationArchived {
-		return nil, status.Error(codes.FailedPrecondition, "conversation is archived: it takes no new messages")
+	if err := s.activeConversation(ctx, p.TenantID, convID); err != nil {
+		return nil, err
 	}
 
 	now := s.Now()
@@ -145,6 +141,28 @@ func (s *Messages) SendMessage(ctx context.Context, req *platformv1.SendMessageR
 		}
 	}
 	return &platformv1.SendMessageResponse{MessageId: id, State: platformv1.MessageState_MESSAGE_STATE_ACCEPTED, CreateTime: in.GetSendTime()}, nil
+}
+
+// activeConversation refuses a conversation that is missing in the tenant or archived, through the
+// ActiveConversations cache when the handler has one.
+func (s *Messages) activeConversation(ctx context.Context, tenant, convID string) error {
+	var err error
+	if s.Active != nil {
+		err = s.Active.Check(ctx, s.Store, tenant, convID)
+	} else {
+		var c store.Conversation
+		if c, err = s.Store.Conversations.Get(ctx, tenant, convID); err == nil && c.State == store.ConversationArchived {
+			err = errArchived
+		}
+	}
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, errArchived):
+		return status.Error(codes.FailedPrecondition, "conversation is archived: it takes no new messages")
+	default:
+		return storeError(ctx, s.Logger, "conversation", err)
+	}
 }
 
 // ListMessages lists persisted, not deleted messages, newest first.

@@ -99,7 +99,8 @@ func build(ctx context.Context, cfg config.Config, logger *slog.Logger, cl *clie
 	if err != nil {
 		return nil, fmt.Errorf("stream hub: %w", err)
 	}
-	deps := api.Deps{Store: st, Members: members, Events: publisher, Logger: logger}
+	deps := api.Deps{Store: st, Members: members, Events: publisher, Logger: logger,
+		Active: api.NewActiveConversations(api.DefaultActiveTTL, 0)}
 	srv, err := New(ctx, Options{
 		Services: Services{
 			Conversations: api.NewConversations(deps),
