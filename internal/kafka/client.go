@@ -20,6 +20,10 @@ func NewProducer(brokers []string, deliveryTimeout time.Duration, extra ...kgo.O
 		kgo.RequiredAcks(kgo.AllISRAcks()),
 		kgo.DisableIdempotentWrite(),
 		kgo.MaxProduceRequestsInflightPerBroker(1),
+		// Every producer here waits for the ack (SendMessage answers after it, the pipeline commits after
+		// it), so franz-go's default 10 ms linger was pure latency; records still batch while a request
+		// is in flight.
+		kgo.ProducerLinger(0),
 		kgo.RecordDeliveryTimeout(deliveryTimeout),
 		kgo.ClientID("platform"),
 	}, extra...)

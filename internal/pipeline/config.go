@@ -50,7 +50,7 @@ type Config struct {
 	MaxConcurrentFetches   int
 
 	// BulkMaxDocs and BulkMaxDelay are the bulk writer's count and time triggers (store defaults: 500
-	// documents, 20 ms).
+	// documents, 2 ms).
 	BulkMaxDocs  int
 	BulkMaxDelay time.Duration
 	// BulkMaxInFlight is how many InsertMany the bulk writer runs at once (store default: 2).

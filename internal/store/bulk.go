@@ -28,7 +28,7 @@ var (
 // Bulk writer defaults.
 const (
 	DefaultBulkMaxDocs  = 500
-	DefaultBulkMaxDelay = 20 * time.Millisecond
+	DefaultBulkMaxDelay = 2 * time.Millisecond
 	DefaultBulkTimeout  = 30 * time.Second
 )
 
@@ -36,7 +36,8 @@ const (
 type BulkConfig struct {
 	// MaxDocs flushes as soon as this many messages wait (default 500).
 	MaxDocs int
-	// MaxDelay flushes this long after a message started waiting in an otherwise idle buffer (default 20ms).
+	// MaxDelay flushes this long after a message started waiting in an otherwise idle buffer (default 2ms:
+	// long enough to merge the writes of one poll's partitions, short enough not to dominate latency).
 	MaxDelay time.Duration
 	// WriteConcern of the inserts (default majority: an acknowledged message survives a primary failover).
 	// FerretDB accepts any write concern and ignores it.
