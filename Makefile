@@ -86,7 +86,8 @@ token: ## print a dev JWT: make token SUB=alice TENANT=t1 ROLES=user (uses AUTH_
 
 .PHONY: bench
 BENCH_ONLY ?=
+BENCH_RESULTS ?= $(CURDIR)/bench-results.json
 bench: ## measure every performance goal (ingest, latency, send→persisted, 1M backlog RSS): Markdown table + bench-results.json
-	BENCH_RESULTS=$(CURDIR)/bench-results.json BENCH_ONLY=$(BENCH_ONLY) \
+	BENCH_RESULTS=$(BENCH_RESULTS) BENCH_ONLY=$(BENCH_ONLY) \
 	  $(GO) test -run '^$$' -bench '^BenchmarkGoals$$' -benchtime 1x -count=1 -timeout 20m ./internal/benchmark/
 

@@ -1,0 +1,111 @@
+package benchmark
+
+import (
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/msgplatform/platform/internal/benchmark/backlog"
+	"github.com/msgplatform/platform/internal/benchmark/e2e"
+	"github.com/msgplatform/platform/internal/benchmark/ingest"
+	"github.com/msgplatform/platform/internal/benchmark/latency"
+)
+
+// BenchmarkGoals is `make bench`: every measurement once, each on servers of its own (stopped before the
+// next starts), then the table and bench-results.json. BENCH_ONLY=ingest,latency,e2e,backlog runs a subset;
+// BENCH_RESULTS is where the JSON goes (default: the repository root).
+func BenchmarkGoals(b *testing.B) {
+	only := strings.FieldsFunc(os.Getenv("BENCH_ONLY"), func(r rune) bool { return r == ',' || r == ' ' })
+	want := func(name string) bool { return len(only) == 0 || slices.Contains(only, name) }
+	results := Results{}
+	measure := func(name string, f func(b *testing.B) error) {
+		if !want(name) {
+			return
+		}
+		start := time.Now()
+		b.Run(name, func(b *testing.B) {
+			if err := f(b); err != nil {
+				b.Error(err)
+			}
+		})
+		fmt.Printf("%s: done in %s\n", name, time.Since(start).Round(time.Second))
+	}
+
+	measure("ingest", func(b *testing.B) error {
+		r, err := ingest.MeasureIngest(b, ingest.Options{})
+		if err != nil {
+			return err
+		}
+		results["pipeline_vs_store_ceiling"] = r.PipelineVsCeiling
+		results["pipeline_vs_insert_one"] = r.PipelineVsInsertOne
+		results["pipeline_records_per_s"] = r.PipelinePerSec
+		results["store_ceiling_records_per_s"] = r.CeilingPerSec
+		fmt.Printf("ingest: %d records per round; pipeline %.0f/s, InsertMany ceiling %.0f/s, InsertOne consumer %.0f/s (%d records)\n",
+			r.Records, r.PipelinePerSec, r.CeilingPerSec, r.InsertOnePerSec, r.InsertOneRecords)
+		for i, rd := range r.Rounds {
+			fmt.Printf("ingest: round %d (%s): pipeline %.0f/s, ceiling %.0f/s, insert-one %.0f/s\n",
+				i+1, strings.Join(rd.Order, ","), rd.Pipeline, rd.Ceiling, rd.InsertOne)
+		}
+		return nil
+	})
+	measure("latency", func(b *testing.B) error {
+		a, err := latency.MeasureAuthz(b, 11, 400)
+		if err != nil {
+			return err
+		}
+		results["authz_latency_ratio"] = a.Ratio
+		fmt.Printf("latency: p50 authorized %.1f µs, no interceptors %.1f µs\n", a.P50AuthorizedMicros, a.P50PlainMicros)
+		r, err := latency.MeasureRESTvsGRPC(b, 9, 200)
+		if err != nil {
+			return err
+		}
+		results["rest_vs_grpc_latency_ratio"] = r.Ratio
+		fmt.Printf("latency: GetConversation p50 REST %.1f µs, gRPC %.1f µs\n", r.P50RESTMicros, r.P50GRPCMicros)
+		return nil
+	})
+	measure("e2e", func(b *testing.B) error {
+		r, err := e2e.MeasureSendToPersisted(b, 2000, 30*time.Second)
+		if err != nil {
+			return err
+		}
+		if err := r.WriteTable(os.Stdout); err != nil {
+			return err
+		}
+		// A p99 is only defined if at least 99% of the scheduled messages were accepted and seen persisted;
+		// otherwise the rate was not sustained and the value is +Inf (null in the JSON, ∞ in the table).
+		missing := r.Scheduled - r.OK + r.Unseen
+		results["send_to_persisted_p99_ms_at_2000"] = math.Inf(1)
+		if missing*100 <= r.Scheduled {
+			results["send_to_persisted_p99_ms_at_2000"] = float64(r.SendToPersistedAll.P99) / float64(time.Millisecond)
+		}
+		fmt.Printf("e2e: %d scheduled, %d sent, %d OK, %d failed, %d unseen; achieved %.0f msgs/s\n",
+			r.Scheduled, r.Sent, r.OK, r.Failed, r.Unseen, r.AchievedRate)
+		return nil
+	})
+	measure("backlog", func(b *testing.B) error {
+		r, err := backlog.MeasureRSS(b, 1_000_000, ingest.FillBacklog, os.Stdout)
+		if err != nil {
+			return err
+		}
+		results["pipeline_rss_mib_1m_backlog"] = r.PeakRSSMiB
+		fmt.Printf("backlog: %d records drained in %.0fs (%.0f records/s), peak RSS %.1f MiB (fill took %.0fs)\n",
+			r.Records, r.Seconds, r.RecordsPerSec, r.PeakRSSMiB, r.FillSeconds)
+		return nil
+	})
+
+	meta := CurrentMeta()
+	fmt.Printf("\n%s\nmachine: %d cores (%s), %s, commit %s (dirty: %v)\n", results.Table(), meta.Cores, meta.CPU, meta.GoVersion, meta.Commit, meta.Dirty)
+	path := os.Getenv("BENCH_RESULTS")
+	if path == "" {
+		path = filepath.Join("..", "..", "bench-results.json")
+	}
+	if err := results.WriteJSON(path, meta); err != nil {
+		b.Fatal(err)
+	}
+	fmt.Printf("wrote %s\n", path)
+}
