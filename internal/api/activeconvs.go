@@ -3,10 +3,10 @@ package api
 import (
 	"context"
 	"errors"
-	"sync"
 	"time"
 
 	"github.com/msgplatform/platform/internal/store"
+	"github.com/msgplatform/platform/internal/ttlcache"
 )
 
 // ActiveConversations remembers for a short while which conversations were seen active, so SendMessage
@@ -16,12 +16,9 @@ import (
 // Archiving through this process forgets the entry at once; in another gateway the entry lives at most
 // TTL, and a message it accepts meanwhile is dead-lettered by the pipeline, which checks the state again.
 type ActiveConversations struct {
-	ttl time.Duration
-	max int
-	now func() time.Time
-
-	mu      sync.Mutex
-	expires map[activeKey]time.Time
+	ttl     time.Duration
+	now     func() time.Time
+	entries *ttlcache.Cache[activeKey, struct{}]
 }
 
 type activeKey struct{ tenant, id string }
@@ -32,8 +29,8 @@ var errArchived = errors.New("conversation is archived")
 // DefaultActiveTTL bounds how long another gateway may accept messages for a conversation just archived.
 const DefaultActiveTTL = 2 * time.Second
 
-// NewActiveConversations returns an empty cache keeping entries for ttl (≤ 0: DefaultActiveTTL) and at
-// most max of them (≤ 0: 100,000; when full it starts over, which costs one read per conversation).
+// NewActiveConversations returns an empty cache keeping entries for ttl (≤ 0: DefaultActiveTTL) and about
+// max of them (≤ 0: 100,000; beyond, expired then arbitrary entries make room, costing a read each).
 func NewActiveConversations(ttl time.Duration, max int) *ActiveConversations {
 	if ttl <= 0 {
 		ttl = DefaultActiveTTL
@@ -41,7 +38,7 @@ func NewActiveConversations(ttl time.Duration, max int) *ActiveConversations {
 	if max <= 0 {
 		max = 100_000
 	}
-	return &ActiveConversations{ttl: ttl, max: max, now: time.Now, expires: make(map[activeKey]time.Time)}
+	return &ActiveConversations{ttl: ttl, now: time.Now, entries: ttlcache.New[activeKey, struct{}](max)}
 }
 
 // Check returns nil when the conversation exists in the tenant and is active, from memory when it was
@@ -49,32 +46,20 @@ func NewActiveConversations(ttl time.Duration, max int) *ActiveConversations {
 func (a *ActiveConversations) Check(ctx context.Context, st *store.Store, tenant, id string) error {
 	k := activeKey{tenant, id}
 	now := a.now()
-	a.mu.Lock()
-	exp, ok := a.expires[k]
-	a.mu.Unlock()
-	if ok && now.Before(exp) {
+	if _, ok := a.entries.Get(k, now); ok {
 		return nil
 	}
+	gen := a.entries.Generation(k) // an archive through this process from here on keeps the answer out
 	c, err := st.Conversations.Get(ctx, tenant, id)
 	if err != nil {
 		return err
 	}
 	if c.State == store.ConversationArchived {
-		a.Forget(tenant, id)
 		return errArchived
 	}
-	a.mu.Lock()
-	if len(a.expires) >= a.max {
-		clear(a.expires)
-	}
-	a.expires[k] = now.Add(a.ttl)
-	a.mu.Unlock()
+	a.entries.Put(k, struct{}{}, now.Add(a.ttl), gen, now)
 	return nil
 }
 
 // Forget drops the entry of a conversation archived through this process.
-func (a *ActiveConversations) Forget(tenant, id string) {
-	a.mu.Lock()
-	delete(a.expires, activeKey{tenant, id})
-	a.mu.Unlock()
-}
+func (a *ActiveConversations) Forget(tenant, id string) { a.entries.Delete(activeKey{tenant, id}) }

@@ -215,8 +215,7 @@ func startDevstack(t *testing.T) (context.Context, devstack.Addresses, context.C
 	t.Helper()
 	vars := map[string]string{
 		"GRPC_ADDR": "127.0.0.1:0", "HTTP_ADDR": "127.0.0.1:0", "METRICS_ADDR": "127.0.0.1:0",
-		"DEVSTACK_KAFKA_ADDR": "127.0.0.1:0", "DEVSTACK_MONGO_ADDR": "127.0.0.1:0",
-		"DEVSTACK_PIPELINE_METRICS_ADDR": "127.0.0.1:0",
+		"DEVSTACK_KAFKA_ADDR": "127.0.0.1:0", "DEVSTACK_MONGO_ADDR": "127.0.0.1:0", "DEVSTACK_PIPELINE_METRICS_ADDR": "127.0.0.1:0",
 		"DEVSTACK_DATA_DIR": t.TempDir(), "REDIS_URL": testenv.Redis(t),
 		"HEALTH_CHECK_INTERVAL": "200ms", "SHUTDOWN_DRAIN_DELAY": "500ms", "SHUTDOWN_TIMEOUT": "5s",
 	}
