@@ -69,7 +69,7 @@ lint: tools ## go vet + buf lint + buf format check
 	$(BUF) format --diff --exit-code --path proto/platform
 
 .PHONY: build
-build: ## build the gateway, pipeline and devstack binaries into bin/
+build: ## build every binary of services/ (gateway, pipeline, devstack, token, loadgen) into bin/
 	CGO_ENABLED=0 $(GO) build -trimpath -o bin/ ./services/...
 
 .PHONY: test
