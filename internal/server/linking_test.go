@@ -7,7 +7,7 @@ import (
 )
 
 // TestProductionBinariesLinkNoEmbeddedServers keeps FerretDB, kfake and miniredis (and the packages that
-// wrap them) out of the gateway and pipeline binaries: they are for the devstack and tests only.
+// wrap them) out of the gateway, pipeline and load generator binaries: they are for the devstack and tests only.
 func TestProductionBinariesLinkNoEmbeddedServers(t *testing.T) {
 	forbidden := []string{
 		"github.com/FerretDB/FerretDB",
@@ -16,8 +16,9 @@ func TestProductionBinariesLinkNoEmbeddedServers(t *testing.T) {
 		"github.com/msgplatform/platform/internal/embedded",
 		"github.com/msgplatform/platform/internal/testenv",
 		"github.com/msgplatform/platform/internal/devstack",
+		"github.com/msgplatform/platform/internal/benchmark",
 	}
-	for _, main := range []string{"../../services/gateway", "../../services/pipeline"} {
+	for _, main := range []string{"../../services/gateway", "../../services/pipeline", "../../services/loadgen"} {
 		out, err := exec.Command("go", "list", "-deps", main).CombinedOutput()
 		if err != nil {
 			t.Fatalf("go list -deps %s: %v\n%s", main, err, out)
