@@ -42,14 +42,26 @@ func NewActiveConversations(ttl time.Duration, max int) *ActiveConversations {
 }
 
 // Check returns nil when the conversation exists in the tenant and is active, from memory when it was
-// seen so within the TTL, and otherwise the store's answer: its error, or errArchived.
+// seen so within the TTL, and otherwise the store's answer: its error, or errArchived. A nil cache reads
+// the store every time.
 func (a *ActiveConversations) Check(ctx context.Context, st *store.Store, tenant, id string) error {
+	if a == nil {
+		return checkActive(ctx, st, tenant, id)
+	}
 	k := activeKey{tenant, id}
 	now := a.now()
 	if _, ok := a.entries.Get(k, now); ok {
 		return nil
 	}
 	gen := a.entries.Generation(k) // an archive through this process from here on keeps the answer out
+	if err := checkActive(ctx, st, tenant, id); err != nil {
+		return err
+	}
+	a.entries.Put(k, struct{}{}, now.Add(a.ttl), gen, now)
+	return nil
+}
+
+func checkActive(ctx context.Context, st *store.Store, tenant, id string) error {
 	c, err := st.Conversations.Get(ctx, tenant, id)
 	if err != nil {
 		return err
@@ -57,9 +69,12 @@ func (a *ActiveConversations) Check(ctx context.Context, st *store.Store, tenant
 	if c.State == store.ConversationArchived {
 		return errArchived
 	}
-	a.entries.Put(k, struct{}{}, now.Add(a.ttl), gen, now)
 	return nil
 }
 
-// Forget drops the entry of a conversation archived through this process.
-func (a *ActiveConversations) Forget(tenant, id string) { a.entries.Delete(activeKey{tenant, id}) }
+// Forget drops the entry of a conversation archived through this process (nothing on a nil cache).
+func (a *ActiveConversations) Forget(tenant, id string) {
+	if a != nil {
+		a.entries.Delete(activeKey{tenant, id})
+	}
+}

@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"log/slog"
 	"slices"
 	"strings"
@@ -206,12 +207,8 @@ func (s *Conversations) UpdateConversation(ctx context.Context, req *platformv1.
 	if err := v.err(); err != nil {
 		return nil, err
 	}
-	cur, err := s.Store.Conversations.Get(ctx, p.TenantID, in.GetId())
-	if err != nil {
-		return nil, storeError(ctx, s.Logger, "conversation", err)
-	}
-	if cur.State == store.ConversationArchived {
-		return nil, status.Error(codes.FailedPrecondition, "conversation is archived (read-only)")
+	if err := s.writableConversation(ctx, p.TenantID, in.GetId()); err != nil {
+		return nil, err
 	}
 	c, err := s.Store.Conversations.Update(ctx, p.TenantID, in.GetId(), in.GetVersion(), title)
 	if err != nil {
@@ -233,9 +230,7 @@ func (s *Conversations) DeleteConversation(ctx context.Context, req *platformv1.
 	if err != nil {
 		return nil, storeError(ctx, s.Logger, "conversation", err)
 	}
-	if s.Active != nil {
-		s.Active.Forget(p.TenantID, c.ID)
-	}
+	s.Active.Forget(p.TenantID, c.ID)
 	out := resources.ConversationToProto(c)
 	s.publish(ctx, &platformv1.Event{Type: platformv1.EventType_EVENT_TYPE_CONVERSATION_DELETED, TenantId: p.TenantID,
 		ConversationId: c.ID, ActorId: p.Subject, Payload: &platformv1.Event_Conversation{Conversation: out}})
@@ -360,14 +355,14 @@ func (s *Conversations) ListMembers(ctx context.Context, req *platformv1.ListMem
 
 // writableConversation refuses changes (membership, message edits) in archived conversations.
 func (d Deps) writableConversation(ctx context.Context, tenant, convID string) error {
-	c, err := d.Store.Conversations.Get(ctx, tenant, convID)
-	if err != nil {
+	switch err := checkActive(ctx, d.Store, tenant, convID); {
+	case err == nil:
+		return nil
+	case errors.Is(err, errArchived):
+		return status.Error(codes.FailedPrecondition, "conversation is archived (read-only)")
+	default:
 		return storeError(ctx, d.Logger, "conversation", err)
 	}
-	if c.State == store.ConversationArchived {
-		return status.Error(codes.FailedPrecondition, "conversation is archived (read-only)")
-	}
-	return nil
 }
 
 func (s *Conversations) roleOf(ctx context.Context, tenant, convID, userID string) (store.Role, error) {

@@ -20,7 +20,6 @@ import (
 	"github.com/msgplatform/platform/internal/kafka"
 	"github.com/msgplatform/platform/internal/requestid"
 	"github.com/msgplatform/platform/internal/resources"
-	"github.com/msgplatform/platform/internal/store"
 	"github.com/msgplatform/platform/internal/store/changes"
 	"github.com/msgplatform/platform/internal/stream"
 )
@@ -144,17 +143,9 @@ func (s *Messages) SendMessage(ctx context.Context, req *platformv1.SendMessageR
 }
 
 // activeConversation refuses a conversation that is missing in the tenant or archived, through the
-// ActiveConversations cache when the handler has one.
+// ActiveConversations cache.
 func (s *Messages) activeConversation(ctx context.Context, tenant, convID string) error {
-	var err error
-	if s.Active != nil {
-		err = s.Active.Check(ctx, s.Store, tenant, convID)
-	} else {
-		var c store.Conversation
-		if c, err = s.Store.Conversations.Get(ctx, tenant, convID); err == nil && c.State == store.ConversationArchived {
-			err = errArchived
-		}
-	}
+	err := s.Active.Check(ctx, s.Store, tenant, convID)
 	switch {
 	case err == nil:
 		return nil
