@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"math"
 	"os"
 	"strconv"
 	"strings"
@@ -153,5 +154,23 @@ func BenchmarkSendToPersisted(b *testing.B) {
 		b.ReportMetric(loadgen.Millis(res.Send.P99), "send_p99_ms")
 		b.ReportMetric(res.AchievedRate, "msgs/s")
 		b.ReportMetric(float64(res.Scheduled-res.Sent+res.Failed+res.Unseen), "lost")
+	}
+}
+
+func TestSustainedP99Millis(t *testing.T) {
+	p99 := loadgen.Latency{P99: 42 * time.Millisecond}
+	for _, tc := range []struct {
+		name string
+		r    loadgen.Result
+		want float64
+	}{
+		{"all accepted and seen", loadgen.Result{Scheduled: 1000, OK: 1000, SendToPersistedAll: p99}, 42},
+		{"1% not accepted", loadgen.Result{Scheduled: 1000, OK: 990, SendToPersistedAll: p99}, 42},
+		{"more than 1% not accepted", loadgen.Result{Scheduled: 1000, OK: 989, SendToPersistedAll: p99}, math.Inf(1)},
+		{"more than 1% not seen", loadgen.Result{Scheduled: 1000, OK: 1000, Unseen: 11, SendToPersistedAll: p99}, math.Inf(1)},
+	} {
+		if got := SustainedP99Millis(tc.r); got != tc.want {
+			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
+		}
 	}
 }
