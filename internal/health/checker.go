@@ -21,6 +21,7 @@ const (
 	StatusUp                        // answered within the timeout
 	StatusDown                      // failed or timed out
 	StatusUnsupported               // the server lacks the capability; not an outage
+	StatusDegraded                  // reachable and working, but not keeping up (e.g. a stalled consumer)
 )
 
 func (s Status) String() string {
@@ -31,6 +32,8 @@ func (s Status) String() string {
 		return "down"
 	case StatusUnsupported:
 		return "unsupported"
+	case StatusDegraded:
+		return "degraded"
 	default:
 		return "unknown"
 	}
@@ -39,13 +42,18 @@ func (s Status) String() string {
 // ErrUnsupported, returned (wrapped) by a check, reports a capability the server does not offer.
 var ErrUnsupported = errors.New("unsupported")
 
+// ErrDegraded, returned (wrapped) by a check, reports a dependency that works but does not keep up; the
+// error's text says why.
+var ErrDegraded = errors.New("degraded")
+
 // Dependency is something the service needs, with the check that probes it.
 type Dependency struct {
 	Name string
 	// Required dependencies make the server NOT_SERVING while they are down.
 	Required bool
 	// Check returns nil when the dependency is usable, an error wrapping ErrUnsupported when it is
-	// reachable but lacks the capability, or another error when it is down. It must honour ctx.
+	// reachable but lacks the capability, one wrapping ErrDegraded when it works but does not keep up, or
+	// another error when it is down. It must honour ctx.
 	Check func(ctx context.Context) error
 }
 
@@ -195,7 +203,7 @@ func (c *Checker) CheckNow(ctx context.Context) {
 	c.mu.Lock()
 	for i, r := range fresh {
 		prev := c.results[i]
-		if r.Status != StatusDown {
+		if r.Status != StatusDown && r.Status != StatusDegraded {
 			r.LastError = ""
 		} else if r.LastError == "" {
 			r.LastError = prev.LastError
@@ -219,6 +227,8 @@ func (c *Checker) check(ctx context.Context, d Dependency) Result {
 	switch {
 	case errors.Is(err, ErrUnsupported):
 		r.Status, r.Detail = StatusUnsupported, err.Error()
+	case errors.Is(err, ErrDegraded):
+		r.Status, r.LastError = StatusDegraded, err.Error()
 	case err != nil:
 		r.Status, r.LastError = StatusDown, err.Error()
 	}

@@ -7,6 +7,7 @@ import (
 
 	platformv1 "github.com/msgplatform/platform/gen/platform/v1"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
@@ -60,6 +61,8 @@ func dependencyStatus(s Status) platformv1.DependencyStatus {
 		return platformv1.DependencyStatus_DEPENDENCY_STATUS_DOWN
 	case StatusUnsupported:
 		return platformv1.DependencyStatus_DEPENDENCY_STATUS_UNSUPPORTED
+	case StatusDegraded:
+		return platformv1.DependencyStatus_DEPENDENCY_STATUS_DEGRADED
 	default:
 		return platformv1.DependencyStatus_DEPENDENCY_STATUS_UNSPECIFIED
 	}
@@ -89,10 +92,24 @@ func servingStatus(ok bool) healthpb.HealthCheckResponse_ServingStatus {
 	return healthpb.HealthCheckResponse_NOT_SERVING
 }
 
-// HTTPHandler serves /healthz (liveness: 200 while the process runs) and /readyz (readiness: 200 when
-// every required dependency is up and the server is not draining, else 503 naming what fails).
+// HTTPHandler serves /healthz (liveness: 200 while the process runs), /readyz (readiness: 200 when
+// every required dependency is up and the server is not draining, else 503 naming what fails) and
+// /v1/health (GetHealth as protojson, as the gateway serves it through grpc-gateway; processes without
+// the gateway, the pipeline, serve it here).
 func HTTPHandler(c *Checker) http.Handler {
 	mux := http.NewServeMux()
+	svc := NewService(c)
+	mux.HandleFunc("GET /v1/health", func(w http.ResponseWriter, r *http.Request) {
+		resp, _ := svc.GetHealth(r.Context(), &platformv1.GetHealthRequest{})
+		b, err := protojson.Marshal(resp)
+		if err != nil {
+			http.Error(w, "encode health", http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Cache-Control", "no-store")
+		_, _ = w.Write(b)
+	})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]any{"status": "alive"})
 	})

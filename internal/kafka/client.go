@@ -2,9 +2,11 @@ package kafka
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
@@ -40,4 +42,22 @@ func Ping(ctx context.Context, client *kgo.Client) error {
 		return fmt.Errorf("kafka metadata: %w", err)
 	}
 	return nil
+}
+
+// permanentProduceErrors are the produce failures that repeating the same record cannot cure: it is too
+// large or malformed for the broker (or for the client's own batch limit).
+var permanentProduceErrors = []error{
+	kerr.MessageTooLarge, kerr.RecordListTooLarge, kerr.InvalidRecord, kerr.CorruptMessage,
+	kerr.InvalidTimestamp, kerr.UnsupportedCompressionType, kerr.UnsupportedForMessageFormat,
+}
+
+// IsPermanentProduceError reports whether a produce failed for a reason the record itself carries, so
+// retrying it is pointless (everything else, brokers down or timeouts, is worth retrying).
+func IsPermanentProduceError(err error) bool {
+	for _, e := range permanentProduceErrors {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
 }

@@ -13,3 +13,11 @@ const (
 
 // Topics lists every topic the platform uses, for clusters that must be seeded (devstack, tests).
 var Topics = []string{TopicInbound, TopicEvents, TopicDLQ}
+
+// Consumer groups. Every replica of a role uses the same group.
+const (
+	// GroupPipeline is the ingest pipeline's group on TopicInbound.
+	GroupPipeline = "platform-pipeline"
+	// GroupDLQ is the dead-letter processor's group on TopicDLQ.
+	GroupDLQ = "platform-dlq"
+)

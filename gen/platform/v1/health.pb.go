@@ -93,6 +93,9 @@ const (
 	DependencyStatus_DEPENDENCY_STATUS_DOWN DependencyStatus = 2
 	// The server does not offer the capability (e.g. change streams on FerretDB).
 	DependencyStatus_DEPENDENCY_STATUS_UNSUPPORTED DependencyStatus = 3
+	// Reachable and working, but not keeping up: e.g. the ingest pipeline made no progress on a partition
+	// with records waiting for PIPELINE_STALL_AFTER (last_error says which and since when).
+	DependencyStatus_DEPENDENCY_STATUS_DEGRADED DependencyStatus = 4
 )
 
 // Enum value maps for DependencyStatus.
@@ -102,12 +105,14 @@ var (
 		1: "DEPENDENCY_STATUS_UP",
 		2: "DEPENDENCY_STATUS_DOWN",
 		3: "DEPENDENCY_STATUS_UNSUPPORTED",
+		4: "DEPENDENCY_STATUS_DEGRADED",
 	}
 	DependencyStatus_value = map[string]int32{
 		"DEPENDENCY_STATUS_UNSPECIFIED": 0,
 		"DEPENDENCY_STATUS_UP":          1,
 		"DEPENDENCY_STATUS_DOWN":        2,
 		"DEPENDENCY_STATUS_UNSUPPORTED": 3,
+		"DEPENDENCY_STATUS_DEGRADED":    4,
 	}
 )
 
@@ -141,7 +146,7 @@ func (DependencyStatus) EnumDescriptor() ([]byte, []int) {
 // Dependency is the latest check of one dependency.
 type Dependency struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// mongodb, redis, kafka or change_streams.
+	// mongodb, redis, kafka, change_streams, mongodb_circuit or pipeline.
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// Result of the latest check.
 	Status DependencyStatus `protobuf:"varint,2,opt,name=status,proto3,enum=platform.v1.DependencyStatus" json:"status,omitempty"`
@@ -149,7 +154,7 @@ type Dependency struct {
 	Required bool `protobuf:"varint,3,opt,name=required,proto3" json:"required,omitempty"`
 	// Duration of the latest check.
 	Latency *durationpb.Duration `protobuf:"bytes,4,opt,name=latency,proto3" json:"latency,omitempty"`
-	// Error of the latest failed check; kept until a check succeeds.
+	// Error of the latest failed or degraded check; kept until a check succeeds.
 	LastError string `protobuf:"bytes,5,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
 	// When the latest check finished.
 	CheckTime *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=check_time,json=checkTime,proto3" json:"check_time,omitempty"`
@@ -364,12 +369,13 @@ const file_platform_v1_health_proto_rawDesc = "" +
 	"\x1aSERVING_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16SERVING_STATUS_SERVING\x10\x01\x12\x1b\n" +
 	"\x17SERVING_STATUS_DEGRADED\x10\x02\x12\x1e\n" +
-	"\x1aSERVING_STATUS_NOT_SERVING\x10\x03*\x8e\x01\n" +
+	"\x1aSERVING_STATUS_NOT_SERVING\x10\x03*\xae\x01\n" +
 	"\x10DependencyStatus\x12!\n" +
 	"\x1dDEPENDENCY_STATUS_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14DEPENDENCY_STATUS_UP\x10\x01\x12\x1a\n" +
 	"\x16DEPENDENCY_STATUS_DOWN\x10\x02\x12!\n" +
-	"\x1dDEPENDENCY_STATUS_UNSUPPORTED\x10\x032u\n" +
+	"\x1dDEPENDENCY_STATUS_UNSUPPORTED\x10\x03\x12\x1e\n" +
+	"\x1aDEPENDENCY_STATUS_DEGRADED\x10\x042u\n" +
 	"\rHealthService\x12d\n" +
 	"\tGetHealth\x12\x1d.platform.v1.GetHealthRequest\x1a\x1e.platform.v1.GetHealthResponse\"\x18\xc2\xf3\x18\x02\b\x01\x82\xd3\xe4\x93\x02\f\x12\n" +
 	"/v1/healthB<Z:github.com/msgplatform/platform/gen/platform/v1;platformv1b\x06proto3"
