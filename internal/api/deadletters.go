@@ -245,7 +245,7 @@ func (s *DeadLetters) retryError(ctx context.Context, id string, err error) erro
 	case errors.Is(err, store.ErrDeadLetterPurged):
 		return status.Errorf(codes.FailedPrecondition, "dead letter %s is purged; purged dead letters are never retried", id)
 	case errors.Is(err, dlq.ErrNotRetryable):
-		return status.Errorf(codes.FailedPrecondition, "dead letter %s cannot be retried: it has no original topic to go back to", id)
+		return status.Error(codes.FailedPrecondition, err.Error()) // names the entry and why (retry target, truncated payload)
 	case errors.Is(err, store.ErrDeadLetterBusy), errors.Is(err, store.ErrConflict):
 		return status.Errorf(codes.Aborted, "dead letter %s is being retried right now; try again", id)
 	case errors.Is(err, dlq.ErrRepublish):
@@ -372,6 +372,9 @@ func deadLetterProto(d store.DeadLetter) *platformv1.DeadLetter {
 		LastFailureTime:   timestamppb.New(d.LastFailureTime),
 		UpdateTime:        timestamppb.New(d.UpdateTime),
 		MessageId:         utf8Text(d.MessageID),
+		PayloadTruncated:  d.PayloadTruncated,
+		OriginalSize:      d.OriginalSize,
+		OriginalSha256:    utf8Text(d.OriginalSHA256),
 	}
 	if len(d.Payload) > 0 && utf8.Valid(d.Payload) {
 		out.PayloadText = string(d.Payload)

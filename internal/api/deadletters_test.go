@@ -31,6 +31,7 @@ import (
 	"github.com/msgplatform/platform/internal/authz"
 	"github.com/msgplatform/platform/internal/config"
 	"github.com/msgplatform/platform/internal/dlq"
+	"github.com/msgplatform/platform/internal/envelope"
 	"github.com/msgplatform/platform/internal/events"
 	"github.com/msgplatform/platform/internal/kafka"
 	"github.com/msgplatform/platform/internal/observability"
@@ -77,7 +78,7 @@ func startDLQGateway(t *testing.T) *dlqGateway {
 		"GRPC_ADDR": "127.0.0.1:0", "HTTP_ADDR": "127.0.0.1:0", "METRICS_ADDR": "127.0.0.1:0",
 		"KAFKA_BROKERS": broker, "MONGO_URI": mongoURI, "MONGO_DATABASE": db, "REDIS_URL": testenv.Redis(t),
 		"AUTH_HMAC_SECRET": secret, "SHUTDOWN_DRAIN_DELAY": "0s", "SHUTDOWN_TIMEOUT": "5s", "KAFKA_PRODUCE_TIMEOUT": "2s",
-		"HEALTH_CHECK_INTERVAL": "1s",
+		"HEALTH_CHECK_INTERVAL": "1s", "KAFKA_SIGNING_KEYS": testenv.SigningKeysSpec,
 	}
 	cfg, err := config.Load(func(k string) string { return vars[k] })
 	if err != nil {
@@ -126,7 +127,7 @@ func startDLQGateway(t *testing.T) *dlqGateway {
 	if err != nil {
 		t.Fatal(err)
 	}
-	publisher, err := events.NewPublisher(producer, reg)
+	publisher, err := events.NewPublisher(producer, cfg.KafkaSigningKeys, reg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -185,8 +186,8 @@ func dl(tenant, stage, class string, st store.DeadLetterStatus, errMsg string, p
 		Headers: []store.Header{
 			{Key: "content-type", Value: []byte("application/x-protobuf")},
 			{Key: "x-binary", Value: []byte{0xff, 0x01}},
-			{Key: kafka.HeaderDLQStage, Value: []byte(stage)},
-			{Key: kafka.HeaderDLQAttempts, Value: []byte("1")},
+			{Key: envelope.HeaderDLQStage, Value: []byte(stage)},
+			{Key: envelope.HeaderDLQAttempts, Value: []byte("1")},
 		},
 	}
 	switch st {
@@ -339,7 +340,7 @@ func TestDeadLetterService(t *testing.T) {
 			x.GetErrorClass() != platformv1.ErrorClass_ERROR_CLASS_TRANSIENT || x.GetStatus() != platformv1.DeadLetterStatus_DEAD_LETTER_STATUS_PENDING_RETRY ||
 			x.GetNextRetryTime() == nil || x.GetAttempts() != 1 || x.GetOriginalTopic() != kafka.TopicInbound || x.GetTenantId() != "tg" ||
 			x.GetHeaders()["content-type"] != "application/x-protobuf" || x.GetHeaders()["x-binary"] != "base64:/wE=" ||
-			x.GetHeaders()[kafka.HeaderDLQStage] != "persist" || x.GetFirstFailureTime() == nil || x.GetUpdateTime() == nil || string(x.GetKey()) != "conv-1" {
+			x.GetHeaders()[envelope.HeaderDLQStage] != "persist" || x.GetFirstFailureTime() == nil || x.GetUpdateTime() == nil || string(x.GetKey()) != "conv-1" {
 			t.Errorf("text payload entry: %v", x)
 		}
 		code, body := restCall(t, g.gateway, ops, "GET", "/v1/dead-letters/"+ids[1], "")
@@ -379,7 +380,7 @@ func TestDeadLetterService(t *testing.T) {
 			for _, x := range r.Headers {
 				h[x.Key] = string(x.Value)
 			}
-			if string(r.Key) != "conv-1" || h[kafka.HeaderDLQAttempts] != "1" || h[kafka.HeaderDLQStage] != "" || h["content-type"] != "application/x-protobuf" {
+			if string(r.Key) != "conv-1" || h[envelope.HeaderDLQAttempts] != "1" || h[envelope.HeaderDLQStage] != "" || h["content-type"] != "application/x-protobuf" {
 				t.Errorf("republished record: key %q headers %v", r.Key, h)
 			}
 		}
@@ -629,11 +630,17 @@ func TestDeadLetterEndToEndThroughThePipeline(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Both signed, as if the gateway had produced them: they get past authenticate.
+	keys := testenv.SigningKeys(t)
 	ct := []kgo.RecordHeader{{Key: "content-type", Value: []byte("application/x-protobuf")}}
-	if err := producer.ProduceSync(ctx,
-		&kgo.Record{Topic: kafka.TopicInbound, Key: []byte(conv), Value: []byte{0xff, 0xff, 0xff, 0x01}, Headers: ct},
-		&kgo.Record{Topic: kafka.TopicInbound, Key: []byte(conv), Value: value, Headers: ct},
-	).FirstErr(); err != nil {
+	undecodableRec := &kgo.Record{Topic: kafka.TopicInbound, Key: []byte(conv), Value: []byte{0xff, 0xff, 0xff, 0x01}, Headers: ct}
+	unauthorizedRec := &kgo.Record{Topic: kafka.TopicInbound, Key: []byte(conv), Value: value, Headers: ct}
+	for _, r := range []*kgo.Record{undecodableRec, unauthorizedRec} {
+		if err := keys.Sign(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := producer.ProduceSync(ctx, undecodableRec, unauthorizedRec).FirstErr(); err != nil {
 		t.Fatal(err)
 	}
 

@@ -44,7 +44,7 @@ func startGateway(t *testing.T, kafkaAddr string) *gateway {
 		"GRPC_ADDR": "127.0.0.1:0", "HTTP_ADDR": "127.0.0.1:0", "METRICS_ADDR": "127.0.0.1:0",
 		"KAFKA_BROKERS": kafkaAddr, "MONGO_URI": mongoURI, "MONGO_DATABASE": db, "REDIS_URL": testenv.Redis(t),
 		"AUTH_HMAC_SECRET": secret, "SHUTDOWN_DRAIN_DELAY": "0s", "SHUTDOWN_TIMEOUT": "5s", "KAFKA_PRODUCE_TIMEOUT": "2s",
-		"HEALTH_CHECK_INTERVAL": "1s",
+		"HEALTH_CHECK_INTERVAL": "1s", "KAFKA_SIGNING_KEYS": testenv.SigningKeysSpec,
 	}
 	cfg, err := config.Load(func(k string) string { return vars[k] })
 	if err != nil {

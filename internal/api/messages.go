@@ -5,19 +5,17 @@ import (
 	"errors"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	platformv1 "github.com/msgplatform/platform/gen/platform/v1"
 	"github.com/msgplatform/platform/internal/auth"
 	"github.com/msgplatform/platform/internal/authz"
-	"github.com/msgplatform/platform/internal/kafka"
+	"github.com/msgplatform/platform/internal/envelope"
 	"github.com/msgplatform/platform/internal/requestid"
 	"github.com/msgplatform/platform/internal/resources"
 	"github.com/msgplatform/platform/internal/store/changes"
@@ -34,46 +32,45 @@ type Messages struct {
 	platformv1.UnimplementedMessageServiceServer
 	Deps
 	producer Producer
-	keys     *SendKeys
+	keys     *envelope.Keys // sign the inbound records
+	sendKeys *SendKeys
 	hub      *stream.Hub
 	authz    *authz.Authorizer
 }
 
-// NewMessages returns the MessageService handler.
-func NewMessages(d Deps, producer Producer, keys *SendKeys, hub *stream.Hub, authorizer *authz.Authorizer) *Messages {
+// NewMessages returns the MessageService handler: SendMessage produces with producer, signing with keys.
+func NewMessages(d Deps, producer Producer, keys *envelope.Keys, sendKeys *SendKeys, hub *stream.Hub, authorizer *authz.Authorizer) *Messages {
 	if d.Now == nil {
 		d.Now = time.Now
 	}
-	return &Messages{Deps: d, producer: producer, keys: keys, hub: hub, authz: authorizer}
+	return &Messages{Deps: d, producer: producer, keys: keys, sendKeys: sendKeys, hub: hub, authz: authorizer}
 }
 
 func validBody(v *violations, field, body string) {
-	switch {
-	case strings.TrimSpace(body) == "":
-		v.add(field, "must not be empty")
-	case len(body) > resources.MaxBodyBytes:
-		v.add(field, "at most %d bytes (got %d)", resources.MaxBodyBytes, len(body))
-	case !utf8.ValidString(body):
-		v.add(field, "must be UTF-8")
+	if err := envelope.CheckBody(body); err != nil {
+		v.add(field, "%v", err)
 	}
 }
 
-func validateSend(req *platformv1.SendMessageRequest) error {
+// sendFields maps the envelope's field names to the SendMessageRequest's, for the violations a request
+// can cause (sender and tenant come from the token, checked when it was verified).
+var sendFields = map[string]string{"conversation_id": "conversation_id", "body": "body",
+	"client_message_id": "client_message_id", "metadata": "metadata"}
+
+// validateSend checks the message SendMessage is about to publish with envelope.Validate, the rules the
+// pipeline's validate stage applies: what is accepted here is never refused there.
+func validateSend(in *platformv1.InboundMessage) error {
+	err := envelope.Validate(in)
+	if err == nil {
+		return nil
+	}
 	var v violations
-	validBody(&v, "body", req.GetBody())
-	if n := len(req.GetClientMessageId()); n > resources.MaxClientMessageIDLen {
-		v.add("client_message_id", "at most %d bytes", resources.MaxClientMessageIDLen)
-	}
-	if len(req.GetMetadata()) > resources.MaxMetadata {
-		v.add("metadata", "at most %d entries", resources.MaxMetadata)
-	}
-	for k, val := range req.GetMetadata() {
-		switch {
-		case k == "" || len(k) > resources.MaxMetadataKey:
-			v.add("metadata", "keys are 1 to %d bytes", resources.MaxMetadataKey)
-		case len(val) > resources.MaxMetadataValue:
-			v.add("metadata["+k+"]", "at most %d bytes", resources.MaxMetadataValue)
+	for _, vi := range envelope.Violations(err) {
+		field := vi.Field
+		if f, ok := sendFields[strings.SplitN(field, "[", 2)[0]]; ok {
+			field = f + strings.TrimPrefix(field, strings.SplitN(field, "[", 2)[0])
 		}
+		v.add(field, "%s", vi.Description)
 	}
 	return v.err()
 }
@@ -85,20 +82,24 @@ func (s *Messages) SendMessage(ctx context.Context, req *platformv1.SendMessageR
 	if err != nil {
 		return nil, err
 	}
-	if err := validateSend(req); err != nil {
+	now := s.Now()
+	id := newID()
+	convID := req.GetConversationId()
+	in := &platformv1.InboundMessage{
+		Id: id, TenantId: p.TenantID, ConversationId: convID, SenderId: p.Subject, Body: req.GetBody(),
+		ClientMessageId: req.GetClientMessageId(), Metadata: req.GetMetadata(), RequestId: requestid.From(ctx),
+		SendTime: timestamppb.New(now), SenderRoles: p.Roles,
+	}
+	if err := validateSend(in); err != nil {
 		return nil, err
 	}
-	convID := req.GetConversationId()
 	if err := s.activeConversation(ctx, p.TenantID, convID); err != nil {
 		return nil, err
 	}
-
-	now := s.Now()
-	id := newID()
 	var key string
 	if cmid := req.GetClientMessageId(); cmid != "" {
 		key = sendKey(p.TenantID, convID, p.Subject, cmid)
-		earlier, claimed, err := s.keys.Claim(ctx, key, id)
+		earlier, claimed, err := s.sendKeys.Claim(ctx, key, id)
 		if err != nil {
 			s.Logger.WarnContext(ctx, "idempotency store unavailable", "error", err)
 			return nil, status.Error(codes.Unavailable, "cannot guarantee client_message_id idempotency right now; retry later")
@@ -109,22 +110,14 @@ func (s *Messages) SendMessage(ctx context.Context, req *platformv1.SendMessageR
 		}
 	}
 
-	in := &platformv1.InboundMessage{
-		Id: id, TenantId: p.TenantID, ConversationId: convID, SenderId: p.Subject, Body: req.GetBody(),
-		ClientMessageId: req.GetClientMessageId(), Metadata: req.GetMetadata(), RequestId: requestid.From(ctx),
-		SendTime: timestamppb.New(now), SenderRoles: p.Roles,
-	}
-	value, err := proto.Marshal(in)
+	rec, err := envelope.InboundRecord(in, s.keys)
 	if err != nil {
+		s.Logger.ErrorContext(ctx, "cannot encode the inbound record", "error", err)
 		return nil, status.Error(codes.Internal, "encode message")
 	}
-	rec := &kgo.Record{Topic: kafka.TopicInbound, Key: []byte(convID), Value: value, Headers: []kgo.RecordHeader{
-		{Key: "content-type", Value: []byte("application/x-protobuf")},
-		{Key: requestid.Header, Value: []byte(in.GetRequestId())},
-	}}
 	if err := s.producer.ProduceSync(ctx, rec).FirstErr(); err != nil {
 		if key != "" {
-			if rerr := s.keys.Release(context.WithoutCancel(ctx), key, id); rerr != nil {
+			if rerr := s.sendKeys.Release(context.WithoutCancel(ctx), key, id); rerr != nil {
 				s.Logger.WarnContext(ctx, "idempotency claim not released; it expires by itself", "error", rerr)
 			}
 		}
@@ -135,7 +128,7 @@ func (s *Messages) SendMessage(ctx context.Context, req *platformv1.SendMessageR
 		return nil, status.Error(codes.Unavailable, "message not accepted: the message broker is unavailable; retry later")
 	}
 	if key != "" {
-		if err := s.keys.Done(context.WithoutCancel(ctx), key, id, now); err != nil {
+		if err := s.sendKeys.Done(context.WithoutCancel(ctx), key, id, now); err != nil {
 			s.Logger.WarnContext(ctx, "idempotency key not completed", "error", err)
 		}
 	}

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/msgplatform/platform/internal/envelope"
 )
 
 const (
@@ -290,11 +292,11 @@ type tokenClaims struct {
 // registered claims have been checked.
 func (c *tokenClaims) Validate() error {
 	var errs []error
-	sub, err := requiredString(c.Sub, "sub")
+	sub, err := requiredID(c.Sub, "sub")
 	if err != nil {
 		errs = append(errs, err)
 	}
-	tenant, err := requiredString(c.TenantID, "tenant_id")
+	tenant, err := requiredID(c.TenantID, "tenant_id")
 	if err != nil {
 		errs = append(errs, err)
 	}
@@ -323,6 +325,20 @@ func requiredString(raw json.RawMessage, name string) (string, error) {
 	return s, nil
 }
 
+// requiredID is requiredString for an id: it must also obey envelope.CheckID, the rule every id of the
+// platform obeys, so a caller the API accepts can never send a message the pipeline refuses.
+func requiredID(raw json.RawMessage, name string) (string, error) {
+	s, err := requiredString(raw, name)
+	if err != nil {
+		return "", err
+	}
+	if err := envelope.CheckID(s); err != nil {
+		// CheckID's text names only the rule and lengths, never the value.
+		return "", reason(`claim "` + name + `": ` + strings.TrimPrefix(err.Error(), envelope.ErrInvalidID.Error()+": "))
+	}
+	return s, nil
+}
+
 func optionalRoles(raw json.RawMessage) ([]string, error) {
 	if len(raw) == 0 {
 		return nil, nil
@@ -336,6 +352,9 @@ func optionalRoles(raw json.RawMessage) ([]string, error) {
 	var roles []string
 	if err := json.Unmarshal(raw, &roles); err != nil || slices.Contains(roles, "") {
 		return nil, bad
+	}
+	if err := envelope.CheckRoles(roles); err != nil {
+		return nil, reason(`claim "roles": ` + err.Error())
 	}
 	return roles, nil
 }

@@ -29,6 +29,9 @@ const (
 	// MongoDBCircuit is the store's circuit breaker: not required (an open circuit is MongoDB's outage,
 	// which the mongodb check already reports), DOWN while open.
 	MongoDBCircuit = "mongodb_circuit"
+	// Pipeline is the ingest pipeline's progress on messages.inbound, read from the group's commits: not
+	// required (messages accepted meanwhile wait safely in Kafka), DEGRADED while a partition stalls.
+	Pipeline = "pipeline"
 )
 
 // Clients are the open connections of one service.
@@ -116,6 +119,20 @@ func (c *Clients) Dependencies() []health.Dependency {
 		deps = append(deps, health.Dependency{Name: MongoDBCircuit, Check: c.Breaker.Check})
 	}
 	return deps
+}
+
+// PipelineDependency reports the ingest pipeline's progress (kafka.StallMonitor on its group): DEGRADED,
+// naming the partitions, when one with records waiting saw no commit for stallAfter; DOWN when Kafka
+// cannot tell.
+func (c *Clients) PipelineDependency(stallAfter time.Duration) health.Dependency {
+	mon := kafka.NewStallMonitor(c.Kafka, kafka.GroupPipeline, kafka.TopicInbound, stallAfter)
+	return health.Dependency{Name: Pipeline, Check: func(ctx context.Context) error {
+		err := mon.Check(ctx)
+		if errors.Is(err, kafka.ErrStalled) {
+			return fmt.Errorf("%w: %w", health.ErrDegraded, err)
+		}
+		return err
+	}}
 }
 
 // Close flushes the Kafka producer (bounded by ctx) and closes every client. Flushing first means a

@@ -58,7 +58,7 @@ func loadCompose(t *testing.T, env map[string]string) (*types.Project, error) {
 
 func mustLoadCompose(t *testing.T) *types.Project {
 	t.Helper()
-	p, err := loadCompose(t, map[string]string{"AUTH_HMAC_SECRET": composeTestSecret})
+	p, err := loadCompose(t, map[string]string{"AUTH_HMAC_SECRET": composeTestSecret, "KAFKA_SIGNING_KEYS": composeTestSigningKeys})
 	if err != nil {
 		t.Fatalf("load %s: %v", composeFile, err)
 	}
@@ -138,22 +138,28 @@ func TestComposeLoads(t *testing.T) {
 	}
 }
 
-func TestComposeRequiresAuthSecret(t *testing.T) {
+// composeTestSigningKeys is KAFKA_SIGNING_KEYS as an operator would export it.
+const composeTestSigningKeys = "k1=compose-test-signing-secret-0123456789abcdef"
+
+// Both secrets are required: compose refuses to start without either.
+func TestComposeRequiresSecrets(t *testing.T) {
 	for _, tc := range []struct {
-		name string
-		env  map[string]string
+		name, missing string
+		env           map[string]string
 	}{
-		{"unset", map[string]string{}},
-		{"empty", map[string]string{"AUTH_HMAC_SECRET": ""}},
+		{"auth unset", "AUTH_HMAC_SECRET", map[string]string{"KAFKA_SIGNING_KEYS": composeTestSigningKeys}},
+		{"auth empty", "AUTH_HMAC_SECRET", map[string]string{"AUTH_HMAC_SECRET": "", "KAFKA_SIGNING_KEYS": composeTestSigningKeys}},
+		{"signing keys unset", "KAFKA_SIGNING_KEYS", map[string]string{"AUTH_HMAC_SECRET": composeTestSecret}},
+		{"signing keys empty", "KAFKA_SIGNING_KEYS", map[string]string{"AUTH_HMAC_SECRET": composeTestSecret, "KAFKA_SIGNING_KEYS": ""}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := loadCompose(t, tc.env)
 			if err == nil {
-				t.Fatal("loading without AUTH_HMAC_SECRET succeeded; want the ${AUTH_HMAC_SECRET:?...} guard to fail it")
+				t.Fatalf("loading without %s succeeded; want the ${%s:?...} guard to fail it", tc.missing, tc.missing)
 			}
 			t.Logf("refused as expected: %v", err)
-			if !strings.Contains(err.Error(), "AUTH_HMAC_SECRET") {
-				t.Errorf("error does not name AUTH_HMAC_SECRET: %v", err)
+			if !strings.Contains(err.Error(), tc.missing) {
+				t.Errorf("error does not name %s: %v", tc.missing, err)
 			}
 		})
 	}

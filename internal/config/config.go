@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/msgplatform/platform/internal/envelope"
 )
 
 // Config is the whole configuration of the gateway, the pipeline and the devstack.
@@ -25,8 +27,14 @@ type Config struct {
 	// ProduceTimeout bounds how long a produce (SendMessage, events, DLQ) waits for Kafka's
 	// acknowledgement before failing, so a Kafka outage answers UNAVAILABLE instead of hanging.
 	ProduceTimeout time.Duration
-	MongoURI       string
-	MongoDatabase  string
+	// KafkaSigningKeys sign the records the platform produces and verify the ones it consumes
+	// (KAFKA_SIGNING_KEYS); nil when unset, which only the devstack accepts (it makes its own).
+	KafkaSigningKeys *envelope.Keys
+	// PipelineStallAfter: a partition of messages.inbound with records waiting and no commit for this
+	// long makes the pipeline dependency DEGRADED.
+	PipelineStallAfter time.Duration
+	MongoURI           string
+	MongoDatabase      string
 	// MongoWriteConcern is "majority" or a number of nodes, for the pipeline's message inserts.
 	MongoWriteConcern string
 	// Circuit breaker around MongoDB: open at this failure ratio (over at least 10 calls in a window),
@@ -77,6 +85,8 @@ var Vars = []Var{
 	{"METRICS_ADDR", ":9464", "Prometheus /metrics listen address"},
 	{"KAFKA_BROKERS", "", "comma-separated seed brokers (host:port); required outside devstack"},
 	{"KAFKA_PRODUCE_TIMEOUT", "10s", "how long a produce waits for Kafka's acknowledgement before the call fails with UNAVAILABLE"},
+	{"KAFKA_SIGNING_KEYS", "", "record signing keys, `kid=secret[,kid2=secret2…]` (secrets of at least 32 random bytes): the first signs, all verify; required outside devstack, which makes its own"},
+	{"PIPELINE_STALL_AFTER", "30s", "a messages.inbound partition with records waiting and no commit for this long makes the `pipeline` dependency DEGRADED in /v1/health"},
 	{"MONGO_URI", "", "MongoDB connection string; required outside devstack"},
 	{"MONGO_DATABASE", "platform", "MongoDB database name"},
 	{"MONGO_BREAKER_FAILURE_RATIO", "0.5", "share of failing MongoDB calls (transient errors, at least 10 calls in 10 s) that opens the circuit breaker"},
@@ -159,6 +169,7 @@ func Load(getenv Getenv) (Config, error) {
 		AuthIssuer:           get("AUTH_ISSUER"),
 		AuthAudience:         get("AUTH_AUDIENCE"),
 		ProduceTimeout:       duration("KAFKA_PRODUCE_TIMEOUT"),
+		PipelineStallAfter:   duration("PIPELINE_STALL_AFTER"),
 		ShutdownTimeout:      duration("SHUTDOWN_TIMEOUT"),
 		DrainDelay:           duration("SHUTDOWN_DRAIN_DELAY"),
 		HealthCheckTimeout:   duration("HEALTH_CHECK_TIMEOUT"),
@@ -206,6 +217,16 @@ func Load(getenv Getenv) (Config, error) {
 			errs = append(errs, errors.New("REDIS_URL: want a redis:// or rediss:// URL"))
 		}
 	}
+	if spec := getenv("KAFKA_SIGNING_KEYS"); strings.TrimSpace(spec) != "" { // not trimmed: every byte of a secret counts
+		keys, err := envelope.ParseKeys(spec)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("KAFKA_SIGNING_KEYS: %w", err))
+		}
+		c.KafkaSigningKeys = keys
+	}
+	if c.PipelineStallAfter == 0 {
+		errs = append(errs, errors.New("PIPELINE_STALL_AFTER: must be positive"))
+	}
 	if c.ProduceTimeout == 0 {
 		errs = append(errs, errors.New("KAFKA_PRODUCE_TIMEOUT: must be positive"))
 	}
@@ -239,6 +260,9 @@ func (c Config) RequireExternal() error {
 	}
 	if c.RedisURL == "" {
 		missing = append(missing, "REDIS_URL")
+	}
+	if c.KafkaSigningKeys == nil {
+		missing = append(missing, "KAFKA_SIGNING_KEYS")
 	}
 	if len(missing) > 0 {
 		return fmt.Errorf("configuration: %s must be set (or use `make run` for the embedded dev stack)", strings.Join(missing, ", "))

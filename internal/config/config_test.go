@@ -40,19 +40,20 @@ func TestLoadDefaults(t *testing.T) {
 	if len(c.KafkaBrokers) != 0 || c.MongoURI != "" || c.RedisURL != "" {
 		t.Errorf("external dependencies must default to empty (embedded in devstack), got %+v", c)
 	}
-	if err := c.RequireExternal(); err == nil || !strings.Contains(err.Error(), "KAFKA_BROKERS, MONGO_URI, REDIS_URL") {
-		t.Errorf("RequireExternal = %v, want it to name the three missing variables", err)
+	if err := c.RequireExternal(); err == nil || !strings.Contains(err.Error(), "KAFKA_BROKERS, MONGO_URI, REDIS_URL, KAFKA_SIGNING_KEYS") {
+		t.Errorf("RequireExternal = %v, want it to name the four missing variables", err)
 	}
 }
 
 func TestLoadValues(t *testing.T) {
 	c, err := Load(env(map[string]string{
-		"KAFKA_BROKERS":    " k1:9092, k2:9092 ,",
-		"MONGO_URI":        "mongodb://user:secret@db:27017/?replicaSet=rs0",
-		"REDIS_URL":        "redis://redis:6379/0",
-		"SHUTDOWN_TIMEOUT": "45s",
-		"LOG_LEVEL":        "debug",
-		"LOG_FORMAT":       "TEXT",
+		"KAFKA_BROKERS":      " k1:9092, k2:9092 ,",
+		"MONGO_URI":          "mongodb://user:secret@db:27017/?replicaSet=rs0",
+		"REDIS_URL":          "redis://redis:6379/0",
+		"SHUTDOWN_TIMEOUT":   "45s",
+		"LOG_LEVEL":          "debug",
+		"LOG_FORMAT":         "TEXT",
+		"KAFKA_SIGNING_KEYS": "k2=second-secret-0123456789abcdefghijklmnop,k1=first-secret-0123456789abcdefghijklmnopq",
 	}))
 	if err != nil {
 		t.Fatal(err)
@@ -66,6 +67,9 @@ func TestLoadValues(t *testing.T) {
 	if err := c.RequireExternal(); err != nil {
 		t.Errorf("RequireExternal: %v", err)
 	}
+	if k := c.KafkaSigningKeys; k == nil || k.SigningKeyID() != "k2" || strings.Join(k.KeyIDs(), ",") != "k2,k1" {
+		t.Errorf("KafkaSigningKeys = %v, want k2 signing, k1 verifying too", k)
+	}
 }
 
 func TestLoadRejectsBadValues(t *testing.T) {
@@ -78,6 +82,10 @@ func TestLoadRejectsBadValues(t *testing.T) {
 		{"KAFKA_BROKERS", "k1:9092,k2"},
 		{"MONGO_URI", "postgres://db"},
 		{"REDIS_URL", "http://redis:6379"},
+		{"KAFKA_SIGNING_KEYS", "nokey"},
+		{"KAFKA_SIGNING_KEYS", "k1=short"},
+		{"KAFKA_SIGNING_KEYS", "k1=" + strings.Repeat("a", 40)},
+		{"PIPELINE_STALL_AFTER", "0s"},
 		{"SHUTDOWN_TIMEOUT", "30"},
 		{"SHUTDOWN_DRAIN_DELAY", "-1s"},
 		{"HEALTH_CHECK_TIMEOUT", "0s"},
@@ -97,6 +105,9 @@ func TestLoadRejectsBadValues(t *testing.T) {
 			}
 			if !strings.Contains(err.Error(), tc.name) {
 				t.Errorf("error %q does not name %s", err, tc.name)
+			}
+			if _, sec, ok := strings.Cut(tc.value, "="); ok && tc.name == "KAFKA_SIGNING_KEYS" && strings.Contains(err.Error(), sec) {
+				t.Errorf("error %q repeats the secret", err)
 			}
 		})
 	}

@@ -7,11 +7,16 @@ package devstack
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -20,6 +25,7 @@ import (
 	"github.com/msgplatform/platform/internal/config"
 	"github.com/msgplatform/platform/internal/dlq"
 	"github.com/msgplatform/platform/internal/embedded"
+	"github.com/msgplatform/platform/internal/envelope"
 	"github.com/msgplatform/platform/internal/kafka"
 	"github.com/msgplatform/platform/internal/observability"
 	"github.com/msgplatform/platform/internal/pipeline"
@@ -36,6 +42,38 @@ type Addresses struct {
 	RedisURL            string
 	Embedded            []string // which of kafka, mongodb, redis are embedded
 	DevSecret           bool     // tokens are checked with auth.DevHMACSecret
+	SigningKeyFile      string   // where the generated KAFKA_SIGNING_KEYS is kept ("" when configured)
+}
+
+// devKeyID is the key id of the devstack's generated record signing key.
+const devKeyID = "devstack"
+
+// devSigningKeys returns the devstack's record signing key: a random secret made on the first start and
+// kept in dir (0600), so records produced before a restart still verify after it (with an external
+// KAFKA_BROKERS). Nobody else knows it: a record produced to the devstack's Kafka by hand is refused.
+func devSigningKeys(dir string) (*envelope.Keys, string, error) {
+	path := filepath.Join(dir, "envelope-signing-key")
+	secret, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		raw := make([]byte, 32)
+		if _, err := rand.Read(raw); err != nil {
+			return nil, "", err
+		}
+		secret = []byte(base64.RawURLEncoding.EncodeToString(raw))
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, "", err
+		}
+		if err := os.WriteFile(path, secret, 0o600); err != nil {
+			return nil, "", err
+		}
+	} else if err != nil {
+		return nil, "", err
+	}
+	keys, err := envelope.NewKeys(devKeyID, strings.TrimSpace(string(secret)))
+	if err != nil {
+		return nil, "", fmt.Errorf("%s: %w (delete it to make a new one)", path, err)
+	}
+	return keys, path, nil
 }
 
 // Run starts the embedded servers the configuration leaves empty, serves the platform until ctx ends,
@@ -77,6 +115,14 @@ func Run(ctx context.Context, cfg config.Config, logger *slog.Logger, onReady fu
 		addrs.Embedded = append(addrs.Embedded, "redis")
 	}
 	addrs.Kafka, addrs.MongoURI, addrs.RedisURL = cfg.KafkaBrokers[0], cfg.MongoURI, cfg.RedisURL
+	if cfg.KafkaSigningKeys == nil {
+		keys, path, err := devSigningKeys(cfg.Devstack.DataDir)
+		if err != nil {
+			return fmt.Errorf("devstack signing key: %w", err)
+		}
+		cfg.KafkaSigningKeys = keys
+		addrs.SigningKeyFile = path
+	}
 	if cfg.AuthHMACSecret == "" && cfg.AuthJWKSFile == "" {
 		// `make token` signs with the same well-known secret, so a new user gets working tokens at once.
 		cfg.AuthHMACSecret = auth.DevHMACSecret

@@ -69,6 +69,8 @@ func TestDevstackEndToEnd(t *testing.T) {
 			"change_streams": platformv1.DependencyStatus_DEPENDENCY_STATUS_UNSUPPORTED,
 			// The circuit breaker around MongoDB is closed.
 			"mongodb_circuit": platformv1.DependencyStatus_DEPENDENCY_STATUS_UP,
+			// The pipeline keeps up with messages.inbound.
+			"pipeline": platformv1.DependencyStatus_DEPENDENCY_STATUS_UP,
 		}
 		for _, d := range r.GetDependencies() {
 			if want[d.GetName()] != d.GetStatus() {

@@ -29,24 +29,18 @@ import (
 	"math/rand/v2"
 	"os"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
-	"github.com/msgplatform/platform/internal/kafka"
+	"github.com/msgplatform/platform/internal/envelope"
 	"github.com/msgplatform/platform/internal/store"
 )
 
+// Error classes (the dlq.error_class header; envelope.Class).
 const (
-	// headerContentType says a payload is protojson ("application/json") rather than binary protobuf.
-	headerContentType = "content-type"
-)
-
-// Error classes (the dlq.error_class header).
-const (
-	ClassPermanent = "permanent"
-	ClassTransient = "transient"
+	ClassPermanent = string(envelope.Permanent)
+	ClassTransient = string(envelope.Transient)
 )
 
 // Policy is the automatic retry policy of transient failures.
@@ -172,19 +166,18 @@ func defaultOwner() string {
 	return cmp.Or(host, "host") + "-" + strconv.Itoa(os.Getpid()) + "-" + strconv.FormatUint(rand.Uint64()&0xffffff, 36)
 }
 
-// RetryRecord is the record a retry of d produces: to the original topic, with the original key and
-// payload, the original headers without the dlq.* ones, plus dlq.attempts (the attempts so far, from which
-// the pipeline counts on) and dlq.first_failed_at (so the first failure time survives the next failure).
+// RetryRecord is the record a retry of d produces: to the original topic, with the original key, payload
+// and headers (the signature among them, so it verifies again or fails again), the dlq.* headers replaced
+// by dlq.attempts and dlq.first_failed_at (envelope.RetryHeaders).
 func RetryRecord(d store.DeadLetter) *kgo.Record {
-	headers := make([]kgo.RecordHeader, 0, len(d.Headers)+2)
-	for _, h := range d.Headers {
-		if !strings.HasPrefix(h.Key, kafka.DLQHeaderPrefix) {
-			headers = append(headers, kgo.RecordHeader{Key: h.Key, Value: h.Value})
-		}
+	return &kgo.Record{Topic: d.OriginalTopic, Key: d.Key, Value: d.Payload,
+		Headers: envelope.RetryHeaders(kgoHeaders(d.Headers), d.Attempts, d.FirstFailureTime)}
+}
+
+func kgoHeaders(hs []store.Header) []kgo.RecordHeader {
+	out := make([]kgo.RecordHeader, len(hs))
+	for i, h := range hs {
+		out[i] = kgo.RecordHeader{Key: h.Key, Value: h.Value}
 	}
-	headers = append(headers,
-		kgo.RecordHeader{Key: kafka.HeaderDLQAttempts, Value: []byte(strconv.Itoa(max(d.Attempts, 1)))},
-		kgo.RecordHeader{Key: kafka.HeaderDLQFirstFailedAt, Value: []byte(d.FirstFailureTime.UTC().Format(kafka.DLQTimeLayout))},
-	)
-	return &kgo.Record{Topic: d.OriginalTopic, Key: d.Key, Value: d.Payload, Headers: headers}
+	return out
 }

@@ -2,10 +2,12 @@ package dlq_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -18,6 +20,7 @@ import (
 
 	platformv1 "github.com/msgplatform/platform/gen/platform/v1"
 	"github.com/msgplatform/platform/internal/dlq"
+	"github.com/msgplatform/platform/internal/envelope"
 	"github.com/msgplatform/platform/internal/kafka"
 	"github.com/msgplatform/platform/internal/store"
 	"github.com/msgplatform/platform/internal/testenv"
@@ -79,25 +82,41 @@ func eventually(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-// dlqRecord is what the pipeline produces for a failure of the record at topic/partition/offset.
+// testKeys sign the original records of the tests' dead letters, as the gateway signed them; the
+// processor verifies with them.
+var testKeys = func() *envelope.Keys {
+	k, err := envelope.NewKeys("test", "dlq-test-signing-secret-0123456789abcdef")
+	if err != nil {
+		panic(err)
+	}
+	return k
+}()
+
+// dlqRecord is what the pipeline produces for a failure of the record at topic/partition/offset: the
+// original (signed) record's key, value and headers plus the dlq.* headers.
 func dlqRecord(partition int32, offset int64, attempts int, class, stage, tenant string, key, value []byte) *kgo.Record {
 	h := func(k, v string) kgo.RecordHeader { return kgo.RecordHeader{Key: k, Value: []byte(v)} }
-	return &kgo.Record{Topic: kafka.TopicDLQ, Key: key, Value: value, Headers: []kgo.RecordHeader{
+	orig := &kgo.Record{Topic: kafka.TopicInbound, Key: key, Value: value, Headers: []kgo.RecordHeader{
 		h("content-type", "application/x-protobuf"),
 		h("x-request-id", "req-"+strconv.FormatInt(offset, 10)),
-		h(kafka.HeaderDLQError, "failed at "+stage),
-		h(kafka.HeaderDLQErrorClass, class),
-		h(kafka.HeaderDLQStage, stage),
-		h(kafka.HeaderDLQAttempts, strconv.Itoa(attempts)),
-		h(kafka.HeaderDLQOriginalTopic, kafka.TopicInbound),
-		h(kafka.HeaderDLQOriginalPartition, strconv.Itoa(int(partition))),
-		h(kafka.HeaderDLQOriginalOffset, strconv.FormatInt(offset, 10)),
-		h(kafka.HeaderDLQFirstFailedAt, "2030-01-02T03:04:05.678Z"),
-		h(kafka.HeaderDLQTenantID, tenant),
 	}}
+	if err := testKeys.Sign(orig); err != nil {
+		panic(err)
+	}
+	return &kgo.Record{Topic: kafka.TopicDLQ, Key: key, Value: value, Headers: append(orig.Headers,
+		h(envelope.HeaderDLQError, "failed at "+stage),
+		h(envelope.HeaderDLQErrorClass, class),
+		h(envelope.HeaderDLQStage, stage),
+		h(envelope.HeaderDLQAttempts, strconv.Itoa(attempts)),
+		h(envelope.HeaderDLQOriginalTopic, kafka.TopicInbound),
+		h(envelope.HeaderDLQOriginalPartition, strconv.Itoa(int(partition))),
+		h(envelope.HeaderDLQOriginalOffset, strconv.FormatInt(offset, 10)),
+		h(envelope.HeaderDLQFirstFailedAt, "2030-01-02T03:04:05.678Z"),
+		h(envelope.HeaderDLQTenantID, tenant),
+	)}
 }
 
-func envelope(tenant, body string) *platformv1.InboundMessage {
+func inboundMsg(tenant, body string) *platformv1.InboundMessage {
 	return &platformv1.InboundMessage{Id: ulid.Make().String(), TenantId: tenant, ConversationId: "c1", SenderId: "bob", Body: body}
 }
 
@@ -140,7 +159,7 @@ func run(t *testing.T, fn func(context.Context) error) (stop func()) {
 
 func (e *env) startProcessor(cfg dlq.Config, m *dlq.Metrics) (stop func()) {
 	e.t.Helper()
-	p, err := dlq.NewProcessor(cfg, []string{e.broker}, e.st, m, testLogger(e.t))
+	p, err := dlq.NewProcessor(cfg, []string{e.broker}, e.st, testKeys, m, testLogger(e.t))
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -216,7 +235,7 @@ func headerMap(r *kgo.Record) map[string]string {
 
 func TestDeadLetterProcessorStoresEachFailureOnce(t *testing.T) {
 	e := newEnv(t)
-	in := envelope("t1", "hello")
+	in := inboundMsg("t1", "hello")
 	perm := dlqRecord(2, 10, 1, dlq.ClassPermanent, "deserialize", "", []byte("c1"), []byte{0xff, 0x00, 0xfe})
 	trans := dlqRecord(3, 11, 1, dlq.ClassTransient, "persist", "t1", []byte("c1"), mustMarshal(t, in))
 	exhausted := dlqRecord(3, 12, 5, dlq.ClassTransient, "persist", "t1", []byte("c1"), []byte("x"))
@@ -229,7 +248,7 @@ func TestDeadLetterProcessorStoresEachFailureOnce(t *testing.T) {
 	stop := e.startProcessor(cfg, m)
 	eventually(t, "4 entries stored, 1 duplicate", func() bool {
 		return testutil.ToFloat64(m.Duplicates) == 1 && testutil.ToFloat64(m.RecordsIn.WithLabelValues("deserialize", "permanent"))+
-			testutil.ToFloat64(m.RecordsIn.WithLabelValues("persist", "transient"))+testutil.ToFloat64(m.RecordsIn.WithLabelValues("unknown", "unknown")) == 4
+			testutil.ToFloat64(m.RecordsIn.WithLabelValues("persist", "transient"))+testutil.ToFloat64(m.RecordsIn.WithLabelValues("other", "other")) == 4
 	})
 	stop()
 
@@ -239,7 +258,7 @@ func TestDeadLetterProcessorStoresEachFailureOnce(t *testing.T) {
 	p := e.get("messages.inbound-2-10-1")
 	if p.Status != store.DeadLetterParked || p.ErrorClass != "permanent" || p.Stage != "deserialize" || p.Attempts != 1 ||
 		string(p.Payload) != "\xff\x00\xfe" || string(p.Key) != "c1" || p.MessageID != "" || p.NextRetryTime != nil ||
-		p.Error != "failed at deserialize" || !p.FirstFailureTime.Equal(time.Date(2030, 1, 2, 3, 4, 5, 678e6, time.UTC)) || len(p.Headers) != 11 {
+		p.Error != "failed at deserialize" || !p.FirstFailureTime.Equal(time.Date(2030, 1, 2, 3, 4, 5, 678e6, time.UTC)) || len(p.Headers) != 13 {
 		t.Errorf("permanent entry: %+v", p)
 	}
 	tr := e.get("messages.inbound-3-11-1")
@@ -269,7 +288,7 @@ func TestDeadLetterProcessorStoresEachFailureOnce(t *testing.T) {
 
 func TestDeadLetterSchedulerRepublishesAfterItsDelay(t *testing.T) {
 	e := newEnv(t)
-	in := envelope("t1", "retry me")
+	in := inboundMsg("t1", "retry me")
 	e.produce(dlqRecord(1, 7, 2, dlq.ClassTransient, "persist", "t1", []byte("c1"), mustMarshal(t, in)))
 	cfg := dlq.Config{GroupID: "dlq-sched", Interval: 10 * time.Millisecond, Policy: dlq.Policy{InitialDelay: 50 * time.Millisecond}}
 	m := newMetrics(t)
@@ -296,10 +315,13 @@ func TestDeadLetterSchedulerRepublishesAfterItsDelay(t *testing.T) {
 	eventually(t, "the entry retried", func() bool { return e.get(id).Status == store.DeadLetterRetried })
 	recs := e.consumeAll(kafka.TopicInbound, 1)
 	r, h := recs[0], headerMap(recs[0])
-	if string(r.Key) != "c1" || string(r.Value) != string(mustMarshal(t, in)) || h[kafka.HeaderDLQAttempts] != "2" ||
-		h[kafka.HeaderDLQFirstFailedAt] != "2030-01-02T03:04:05.678Z" || h["content-type"] != "application/x-protobuf" ||
-		h["x-request-id"] != "req-7" || len(h) != 4 || h[kafka.HeaderDLQStage] != "" {
+	if string(r.Key) != "c1" || string(r.Value) != string(mustMarshal(t, in)) || h[envelope.HeaderDLQAttempts] != "2" ||
+		h[envelope.HeaderDLQFirstFailedAt] != "2030-01-02T03:04:05.678Z" || h["content-type"] != "application/x-protobuf" ||
+		h["x-request-id"] != "req-7" || len(h) != 6 || h[envelope.HeaderDLQStage] != "" {
 		t.Errorf("republished record key %q headers %v", r.Key, h)
+	}
+	if err := testKeys.Verify(r); err != nil {
+		t.Errorf("the republished record does not verify: %v", err)
 	}
 	// Produced once due: the scheduler claims only when next_retry_time has passed.
 	if r.Timestamp.Before(*pending.NextRetryTime) {
@@ -325,46 +347,58 @@ func TestDeadLetterSchedulerParksExhaustedAndKeepsFailedRepublishes(t *testing.T
 	}
 	if _, err := e.st.InsertMany(ctx, []store.DeadLetter{
 		pending("exhausted-0-1-5", kafka.TopicInbound, 5),
-		pending("nowhere-0-1-1", "no.such.topic", 1),
+		pending("elsewhere-0-1-1", kafka.TopicEvents, 1), // only messages.inbound is a retry target
+		pending("failing-0-1-1", kafka.TopicInbound, 1),
 	}); err != nil {
 		t.Fatal(err)
 	}
-	// A producer that gives up quickly: kfake does not create topics on demand.
-	quick, err := kafka.NewProducer([]string{e.broker}, time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer quick.Close()
 	m := newMetrics(t)
-	s, err := dlq.NewScheduler(dlq.Config{Policy: dlq.Policy{MaxAttempts: 5, InitialDelay: time.Hour, MaxDelay: time.Hour}}, e.st, quick, m, testLogger(t))
+	s, err := dlq.NewScheduler(dlq.Config{Policy: dlq.Policy{MaxAttempts: 5, InitialDelay: time.Hour, MaxDelay: time.Hour}}, e.st, failingProducer{}, m, testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	republished, parked, err := s.RunOnce(ctx)
-	if republished != 0 || parked != 1 || err == nil {
-		t.Fatalf("RunOnce = %d republished, %d parked, %v; want 0, 1 and the republish error", republished, parked, err)
+	if republished != 0 || parked != 2 || err == nil {
+		t.Fatalf("RunOnce = %d republished, %d parked, %v; want 0, 2 and the republish error", republished, parked, err)
 	}
 	if d := e.get("exhausted-0-1-5"); d.Status != store.DeadLetterParked || d.Note != "attempts exhausted (5 of at most 5)" {
 		t.Errorf("exhausted entry: %s %q", d.Status, d.Note)
 	}
-	d := e.get("nowhere-0-1-1")
+	if d := e.get("elsewhere-0-1-1"); d.Status != store.DeadLetterParked || !strings.Contains(d.Note, "not a retry target") {
+		t.Errorf("entry for messages.events: %s %q, want parked as not a retry target", d.Status, d.Note)
+	}
+	d := e.get("failing-0-1-1")
 	if d.Status != store.DeadLetterPendingRetry || d.NextRetryTime == nil || !d.NextRetryTime.After(now.Add(30*time.Minute)) || d.ClaimOwner != "" {
 		t.Errorf("failed republish: %+v (want pending again, an hour-ish later)", d)
 	}
 	if n := e.endOffsets(kafka.TopicInbound); n != 0 {
 		t.Errorf("%d records republished, want 0", n)
 	}
-	if testutil.ToFloat64(m.Parked) != 1 || testutil.ToFloat64(m.Retries.WithLabelValues(dlq.ResultFailed)) != 1 {
+	if n := e.endOffsets(kafka.TopicEvents); n != 0 {
+		t.Errorf("%d records republished to %s, want 0", n, kafka.TopicEvents)
+	}
+	if testutil.ToFloat64(m.Parked) != 2 || testutil.ToFloat64(m.Retries.WithLabelValues(dlq.ResultFailed)) != 1 {
 		t.Errorf("parked %v, failed retries %v", testutil.ToFloat64(m.Parked), testutil.ToFloat64(m.Retries.WithLabelValues(dlq.ResultFailed)))
 	}
 	if err := s.RefreshGauges(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if testutil.ToFloat64(m.Entries.WithLabelValues("parked")) != 1 || testutil.ToFloat64(m.Entries.WithLabelValues("pending_retry")) != 1 ||
+	if testutil.ToFloat64(m.Entries.WithLabelValues("parked")) != 2 || testutil.ToFloat64(m.Entries.WithLabelValues("pending_retry")) != 1 ||
 		testutil.ToFloat64(m.OldestPendingAge) <= 0 {
 		t.Errorf("gauges: parked %v pending %v oldest %v", testutil.ToFloat64(m.Entries.WithLabelValues("parked")),
 			testutil.ToFloat64(m.Entries.WithLabelValues("pending_retry")), testutil.ToFloat64(m.OldestPendingAge))
 	}
+}
+
+// failingProducer fails every record, as Kafka does when its brokers are gone.
+type failingProducer struct{}
+
+func (failingProducer) ProduceSync(_ context.Context, rs ...*kgo.Record) kgo.ProduceResults {
+	out := make(kgo.ProduceResults, len(rs))
+	for i, r := range rs {
+		out[i] = kgo.ProduceResult{Record: r, Err: errors.New("brokers unreachable")}
+	}
+	return out
 }
 
 // Two schedulers over the same collection: every due entry is republished exactly once.

@@ -9,12 +9,12 @@ import (
 	"github.com/oklog/ulid/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kadm"
-	"github.com/twmb/franz-go/pkg/kgo"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	platformv1 "github.com/msgplatform/platform/gen/platform/v1"
 	"github.com/msgplatform/platform/internal/config"
 	"github.com/msgplatform/platform/internal/dlq"
+	"github.com/msgplatform/platform/internal/envelope"
 	"github.com/msgplatform/platform/internal/kafka"
 	"github.com/msgplatform/platform/internal/pipeline"
 	"github.com/msgplatform/platform/internal/store"
@@ -28,7 +28,7 @@ func TestDeadLetterTransientFailureLandsAfterTheStoreIsBack(t *testing.T) {
 	mongo := testenv.StartMongoServer(t)
 	vars := map[string]string{
 		"KAFKA_BROKERS": broker, "MONGO_URI": mongo.URI(), "MONGO_DATABASE": "platform", "REDIS_URL": testenv.Redis(t),
-		"SHUTDOWN_TIMEOUT": "10s",
+		"SHUTDOWN_TIMEOUT": "10s", "KAFKA_SIGNING_KEYS": "test=dlq-test-signing-secret-0123456789abcdef",
 	}
 	cfg, err := config.Load(func(k string) string { return vars[k] })
 	if err != nil {
@@ -101,8 +101,11 @@ func TestDeadLetterTransientFailureLandsAfterTheStoreIsBack(t *testing.T) {
 	mongo.Stop()
 	in := &platformv1.InboundMessage{Id: ulid.Make().String(), TenantId: "t1", ConversationId: conv.ID, SenderId: "bob",
 		Body: "through the outage", SendTime: timestamppb.Now(), SenderRoles: []string{"user"}}
-	if err := producer.ProduceSync(ctx, &kgo.Record{Topic: kafka.TopicInbound, Key: []byte(conv.ID), Value: mustMarshal(t, in),
-		Headers: []kgo.RecordHeader{{Key: "content-type", Value: []byte("application/x-protobuf")}}}).FirstErr(); err != nil {
+	rec, err := envelope.InboundRecord(in, cfg.KafkaSigningKeys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := producer.ProduceSync(ctx, rec).FirstErr(); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, "the transient failure on messages.dlq", func() bool { return dlqRecords() == 1 })

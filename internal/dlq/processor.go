@@ -12,10 +12,9 @@ import (
 
 	"github.com/cenkalti/backoff/v5"
 	"github.com/twmb/franz-go/pkg/kgo"
-	"google.golang.org/protobuf/encoding/protojson"
-	"google.golang.org/protobuf/proto"
 
 	platformv1 "github.com/msgplatform/platform/gen/platform/v1"
+	"github.com/msgplatform/platform/internal/envelope"
 	"github.com/msgplatform/platform/internal/kafka"
 	"github.com/msgplatform/platform/internal/store"
 )
@@ -26,6 +25,7 @@ import (
 // retried with backoff) instead of losing records.
 type Processor struct {
 	cfg     Config
+	keys    *envelope.Keys
 	client  *kgo.Client
 	store   *store.DeadLetters
 	metrics *Metrics
@@ -33,9 +33,9 @@ type Processor struct {
 	once    sync.Once
 }
 
-// NewProcessor returns a processor over brokers storing into st. It joins the group when Run starts
-// polling. m and logger may be nil.
-func NewProcessor(cfg Config, brokers []string, st *store.DeadLetters, m *Metrics, logger *slog.Logger) (*Processor, error) {
+// NewProcessor returns a processor over brokers storing into st; keys verify the original payloads (see
+// FromRecord). It joins the group when Run starts polling. m and logger may be nil.
+func NewProcessor(cfg Config, brokers []string, st *store.DeadLetters, keys *envelope.Keys, m *Metrics, logger *slog.Logger) (*Processor, error) {
 	cfg = cfg.withDefaults()
 	if m == nil {
 		m = discardMetrics()
@@ -43,7 +43,7 @@ func NewProcessor(cfg Config, brokers []string, st *store.DeadLetters, m *Metric
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	p := &Processor{cfg: cfg, store: st, metrics: m, logger: logger.With("component", "dlq-processor")}
+	p := &Processor{cfg: cfg, keys: keys, store: st, metrics: m, logger: logger.With("component", "dlq-processor")}
 	var err error
 	p.client, err = kgo.NewClient(
 		kgo.SeedBrokers(brokers...),
@@ -82,7 +82,7 @@ func (p *Processor) handle(ctx context.Context, recs []*kgo.Record) error {
 	now := p.store.Now()
 	dls := make([]store.DeadLetter, len(recs))
 	for i, r := range recs {
-		dls[i] = fromRecord(r, p.cfg.Policy, now)
+		dls[i] = FromRecord(r, p.keys, p.cfg.Policy, now)
 	}
 	b := &backoff.ExponentialBackOff{InitialInterval: 100 * time.Millisecond, RandomizationFactor: 0.5, Multiplier: 2, MaxInterval: 5 * time.Second}
 	b.Reset()
@@ -122,7 +122,7 @@ func (p *Processor) account(ctx context.Context, recs []*kgo.Record, dls []store
 			p.logger.ErrorContext(ctx, "dead letter refused by the store; skipped", "id", d.ID,
 				"dlq_partition", recs[i].Partition, "dlq_offset", recs[i].Offset, "error", res.Err)
 		default:
-			p.metrics.RecordsIn.WithLabelValues(d.Stage, classLabel(d.ErrorClass)).Inc()
+			p.metrics.RecordsIn.WithLabelValues(envelope.StageLabel(d.Stage), envelope.ClassLabel(d.ErrorClass)).Inc()
 			if d.Status == store.DeadLetterParked {
 				p.metrics.Parked.Inc()
 			}
@@ -132,27 +132,26 @@ func (p *Processor) account(ctx context.Context, recs []*kgo.Record, dls []store
 	}
 }
 
-func classLabel(c string) string {
-	if c == ClassPermanent || c == ClassTransient {
-		return c
-	}
-	return "unknown"
-}
-
 // Close leaves the group and closes the consumer. Call it after Run returned.
 func (p *Processor) Close() { p.once.Do(p.client.CloseAllowingRebalance) }
 
 // validTopic matches Kafka's legal topic names.
 var validTopic = regexp.MustCompile(`^[a-zA-Z0-9._-]{1,249}$`)
 
-// fromRecord turns a DLQ record into its dead letter. A record without usable dlq.original_* headers (not
-// written by the pipeline) is kept under its own DLQ coordinates and parked, never dropped.
-func fromRecord(r *kgo.Record, pol Policy, now time.Time) store.DeadLetter {
+// FromRecord turns a DLQ record into its dead letter (the processor's view; DirectWriter stores the same).
+//
+// What a DLQ record says is not trusted: dead-letter records are not signed, so anyone who can produce to
+// messages.dlq can write one. The tenant and message id are therefore read only from an original payload
+// whose signature verifies with keys (nil keys: never); the stage and class headers are kept as evidence
+// but bounded in metrics; a record whose original topic is not a retry target (envelope.RetryTargets) or
+// whose payload was truncated is parked, never retried; a record without usable dlq.original_* headers is
+// kept under its own DLQ coordinates and parked. Nothing is dropped.
+func FromRecord(r *kgo.Record, keys *envelope.Keys, pol Policy, now time.Time) store.DeadLetter {
 	h := map[string]string{}
 	headers := make([]store.Header, len(r.Headers))
 	for i, hd := range r.Headers {
 		headers[i] = store.Header{Key: hd.Key, Value: hd.Value}
-		if strings.HasPrefix(hd.Key, kafka.DLQHeaderPrefix) || hd.Key == headerContentType {
+		if strings.HasPrefix(hd.Key, envelope.DLQHeaderPrefix) {
 			h[hd.Key] = clean(string(hd.Value))
 		}
 	}
@@ -160,10 +159,9 @@ func fromRecord(r *kgo.Record, pol Policy, now time.Time) store.DeadLetter {
 		Key:             nonEmpty(r.Key),
 		Payload:         nonEmpty(r.Value),
 		Headers:         headers,
-		TenantID:        h[kafka.HeaderDLQTenantID],
-		Stage:           h[kafka.HeaderDLQStage],
-		Error:           h[kafka.HeaderDLQError],
-		ErrorClass:      strings.ToLower(h[kafka.HeaderDLQErrorClass]),
+		Stage:           envelope.Clip(h[envelope.HeaderDLQStage], 64),
+		Error:           h[envelope.HeaderDLQError],
+		ErrorClass:      strings.ToLower(envelope.Clip(h[envelope.HeaderDLQErrorClass], 32)),
 		Attempts:        1,
 		LastFailureTime: r.Timestamp,
 		LastActor:       "processor",
@@ -171,15 +169,20 @@ func fromRecord(r *kgo.Record, pol Policy, now time.Time) store.DeadLetter {
 	if d.LastFailureTime.IsZero() {
 		d.LastFailureTime = now
 	}
-	if n, err := strconv.Atoi(h[kafka.HeaderDLQAttempts]); err == nil && n > 0 {
+	if n, err := strconv.Atoi(h[envelope.HeaderDLQAttempts]); err == nil && n > 0 {
 		d.Attempts = n
 	}
-	if t, err := time.Parse(time.RFC3339Nano, h[kafka.HeaderDLQFirstFailedAt]); err == nil {
+	if t, err := time.Parse(time.RFC3339Nano, h[envelope.HeaderDLQFirstFailedAt]); err == nil {
 		d.FirstFailureTime = t
 	}
-	topic := h[kafka.HeaderDLQOriginalTopic]
-	partition, perr := strconv.ParseInt(h[kafka.HeaderDLQOriginalPartition], 10, 32)
-	offset, oerr := strconv.ParseInt(h[kafka.HeaderDLQOriginalOffset], 10, 64)
+	if h[envelope.HeaderDLQTruncated] == "true" {
+		d.PayloadTruncated = true
+		d.OriginalSize, _ = strconv.ParseInt(h[envelope.HeaderDLQOriginalSize], 10, 64)
+		d.OriginalSHA256 = envelope.Clip(h[envelope.HeaderDLQOriginalSHA256], 64)
+	}
+	topic := h[envelope.HeaderDLQOriginalTopic]
+	partition, perr := strconv.ParseInt(h[envelope.HeaderDLQOriginalPartition], 10, 32)
+	offset, oerr := strconv.ParseInt(h[envelope.HeaderDLQOriginalOffset], 10, 64)
 	wellFormed := validTopic.MatchString(topic) && perr == nil && oerr == nil && partition >= 0 && offset >= 0
 	if wellFormed {
 		d.OriginalTopic, d.OriginalPartition, d.OriginalOffset = topic, int32(partition), offset
@@ -190,16 +193,19 @@ func fromRecord(r *kgo.Record, pol Policy, now time.Time) store.DeadLetter {
 	if d.Stage == "" {
 		d.Stage = "unknown"
 	}
-	if in := decodeInbound(r.Value, h[headerContentType]); in != nil {
-		d.MessageID = in.GetId()
-		if d.TenantID == "" {
-			d.TenantID = in.GetTenantId()
-		}
+	if in := verifiedInbound(r, d.OriginalTopic, keys); in != nil {
+		d.MessageID, d.TenantID = in.GetId(), in.GetTenantId()
 	}
 
 	switch {
 	case !wellFormed:
 		d.Status, d.Note = store.DeadLetterParked, "not a pipeline DLQ record: dlq.original_topic, _partition or _offset missing or invalid"
+	case !envelope.RetryTarget(d.OriginalTopic):
+		d.Status, d.Note = store.DeadLetterParked, fmt.Sprintf("original topic %q is not a retry target (only %v): never republished",
+			envelope.Clip(d.OriginalTopic, 64), envelope.RetryTargets)
+	case d.PayloadTruncated:
+		d.Status, d.Note = store.DeadLetterParked, fmt.Sprintf("oversized record (%d bytes, sha256 %s): only its first bytes were kept; it cannot be retried",
+			d.OriginalSize, d.OriginalSHA256)
 	case d.ErrorClass == ClassPermanent:
 		d.Status, d.Note = store.DeadLetterParked, "permanent error"
 	case d.ErrorClass != ClassTransient:
@@ -213,23 +219,27 @@ func fromRecord(r *kgo.Record, pol Policy, now time.Time) store.DeadLetter {
 	return d
 }
 
-// decodeInbound decodes an InboundMessage payload (protojson when content-type says JSON), nil when it
-// does not decode or carries no id. Best effort: it only fills in the message id and tenant.
-func decodeInbound(b []byte, contentType string) *platformv1.InboundMessage {
-	if len(b) == 0 {
+// verifiedInbound decodes the dead letter's payload as the original record it was (topic, key, the
+// headers without dlq.*) when its signature verifies and it decodes; nil otherwise. Only then are its
+// tenant and message id facts rather than claims.
+func verifiedInbound(r *kgo.Record, topic string, keys *envelope.Keys) *platformv1.InboundMessage {
+	if keys == nil || len(r.Value) == 0 || topic != kafka.TopicInbound {
 		return nil
 	}
-	var in platformv1.InboundMessage
-	var err error
-	if strings.HasPrefix(strings.ToLower(contentType), "application/json") {
-		err = protojson.UnmarshalOptions{DiscardUnknown: true}.Unmarshal(b, &in)
-	} else {
-		err = proto.Unmarshal(b, &in)
+	orig := &kgo.Record{Topic: topic, Key: r.Key, Value: r.Value}
+	for _, hd := range r.Headers {
+		if !strings.HasPrefix(hd.Key, envelope.DLQHeaderPrefix) {
+			orig.Headers = append(orig.Headers, hd)
+		}
 	}
+	if keys.Verify(orig) != nil {
+		return nil
+	}
+	in, err := envelope.DecodeInbound(orig)
 	if err != nil || in.GetId() == "" {
 		return nil
 	}
-	return &in
+	return in
 }
 
 func clean(s string) string { return strings.TrimSpace(strings.ToValidUTF8(s, "\uFFFD")) }

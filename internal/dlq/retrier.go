@@ -9,7 +9,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
-	"github.com/msgplatform/platform/internal/kafka"
+	"github.com/msgplatform/platform/internal/envelope"
 	"github.com/msgplatform/platform/internal/store"
 )
 
@@ -54,12 +54,18 @@ func NewRetrier(st *store.DeadLetters, producer Producer, m *Metrics, logger *sl
 // Owner returns the name this retrier claims under.
 func (r *Retrier) Owner() string { return r.owner }
 
+// retryable says why d cannot be republished, nil when it can: only to a topic of
+// envelope.RetryTargets (a dead letter naming any other topic, forged or not, is never sent there), never
+// a truncated payload (it would only fail again), never a purged entry.
 func retryable(d store.DeadLetter) error {
 	switch {
-	case d.OriginalTopic == "" || d.OriginalTopic == kafka.TopicDLQ:
-		return fmt.Errorf("%w: %s has no original topic to go back to", ErrNotRetryable, d.ID)
 	case d.Status == store.DeadLetterPurged:
 		return fmt.Errorf("retry %s: %w", d.ID, store.ErrDeadLetterPurged)
+	case !envelope.RetryTarget(d.OriginalTopic):
+		return fmt.Errorf("%w: %s: original topic %q is not a retry target (only %v)", ErrNotRetryable, d.ID,
+			envelope.Clip(d.OriginalTopic, 64), envelope.RetryTargets)
+	case d.PayloadTruncated:
+		return fmt.Errorf("%w: %s: only the first bytes of its oversized payload were kept", ErrNotRetryable, d.ID)
 	}
 	return nil
 }

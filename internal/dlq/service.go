@@ -62,7 +62,7 @@ func Open(ctx context.Context, cfg config.Config, dcfg Config, reg prometheus.Re
 		_ = s.Close(context.Background())
 		return nil, fmt.Errorf("dlq: %w", err)
 	}
-	if s.processor, err = NewProcessor(dcfg, cfg.KafkaBrokers, st, m, logger); err != nil {
+	if s.processor, err = NewProcessor(dcfg, cfg.KafkaBrokers, st, cfg.KafkaSigningKeys, m, logger); err != nil {
 		_ = s.Close(context.Background())
 		return nil, fmt.Errorf("dlq: %w", err)
 	}

@@ -5,17 +5,17 @@ package events
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"time"
 
 	"github.com/oklog/ulid/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kgo"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	platformv1 "github.com/msgplatform/platform/gen/platform/v1"
-	"github.com/msgplatform/platform/internal/kafka"
+	"github.com/msgplatform/platform/internal/envelope"
 	"github.com/msgplatform/platform/internal/observability"
 	"github.com/msgplatform/platform/internal/requestid"
 )
@@ -25,15 +25,19 @@ type Producer interface {
 	ProduceSync(ctx context.Context, rs ...*kgo.Record) kgo.ProduceResults
 }
 
-// Publisher writes events to messages.events.
+// Publisher writes signed events to messages.events.
 type Publisher struct {
 	producer  Producer
+	keys      *envelope.Keys
 	published *prometheus.CounterVec
 }
 
-// NewPublisher returns a publisher over producer, registering its metrics on reg.
-func NewPublisher(producer Producer, reg prometheus.Registerer) (*Publisher, error) {
-	p := &Publisher{producer: producer, published: prometheus.NewCounterVec(prometheus.CounterOpts{
+// NewPublisher returns a publisher over producer signing with keys, registering its metrics on reg.
+func NewPublisher(producer Producer, keys *envelope.Keys, reg prometheus.Registerer) (*Publisher, error) {
+	if keys == nil {
+		return nil, errors.New("event publisher: no signing keys")
+	}
+	p := &Publisher{producer: producer, keys: keys, published: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: observability.Namespace, Subsystem: "events", Name: "published_total",
 		Help: "Events produced to messages.events by type and result (ok, error).",
 	}, []string{"type", "result"})}
@@ -55,18 +59,9 @@ func (p *Publisher) Publish(ctx context.Context, ev *platformv1.Event) error {
 	if ev.GetRequestId() == "" {
 		ev.RequestId = requestid.From(ctx)
 	}
-	value, err := proto.Marshal(ev)
+	rec, err := envelope.EventRecord(ev, p.keys)
 	if err != nil {
 		return fmt.Errorf("encode event: %w", err)
-	}
-	rec := &kgo.Record{
-		Topic: kafka.TopicEvents,
-		Key:   []byte(ev.GetConversationId()),
-		Value: value,
-		Headers: []kgo.RecordHeader{
-			{Key: "content-type", Value: []byte("application/x-protobuf")},
-			{Key: requestid.Header, Value: []byte(ev.GetRequestId())},
-		},
 	}
 	if err := p.producer.ProduceSync(ctx, rec).FirstErr(); err != nil {
 		p.published.WithLabelValues(ev.GetType().String(), "error").Inc()

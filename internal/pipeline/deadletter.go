@@ -4,138 +4,152 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/cenkalti/backoff/v5"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/msgplatform/platform/internal/envelope"
 	"github.com/msgplatform/platform/internal/kafka"
 	"github.com/msgplatform/platform/internal/observability"
 )
-
-// maxErrorHeader bounds the dlq.error header (bytes).
-const maxErrorHeader = 1024
 
 // newItem wraps a polled record. A record that comes back from the DLQ (retried) carries dlq.attempts and
 // dlq.first_failed_at: counting goes on from them.
 func newItem(r *kgo.Record) *Item {
 	it := &Item{Record: r}
-	if v, ok := header(r, kafka.HeaderDLQAttempts); ok {
-		if n, err := strconv.Atoi(strings.TrimSpace(v)); err == nil && n > 0 {
-			it.attempts = n
-		}
-	}
-	if v, ok := header(r, kafka.HeaderDLQFirstFailedAt); ok {
-		if t, err := time.Parse(time.RFC3339Nano, strings.TrimSpace(v)); err == nil {
-			it.firstFailedAt = t
-		}
-	}
+	it.attempts, it.firstFailedAt = envelope.PriorFailures(r)
 	return it
 }
 
-// deadLetterRecord is the DLQ record of a failed item: the original key and value, the original headers
-// (but for earlier dlq.* ones), and the dlq.* headers describing this failure. dlq.attempts counts every
-// failed try of the record, earlier lives included; dlq.tenant_id is empty when the envelope could not be
-// decoded.
+// deadLetterRecord is the DLQ record of a failed item (envelope.DeadLetterRecord: truncated when the
+// record is oversized). dlq.tenant_id is empty when the envelope was not decoded.
 func deadLetterRecord(it *Item) *kgo.Record {
-	r := it.Record
-	headers := make([]kgo.RecordHeader, 0, len(r.Headers)+9)
-	for _, h := range r.Headers {
-		if !strings.HasPrefix(h.Key, kafka.DLQHeaderPrefix) {
-			headers = append(headers, h)
-		}
-	}
-	add := func(k, v string) { headers = append(headers, kgo.RecordHeader{Key: k, Value: []byte(v)}) }
-	add(kafka.HeaderDLQError, clip(it.err.Error(), maxErrorHeader))
-	add(kafka.HeaderDLQErrorClass, string(it.class))
-	add(kafka.HeaderDLQStage, it.stage)
-	add(kafka.HeaderDLQAttempts, strconv.Itoa(max(it.attempts, 1)))
-	add(kafka.HeaderDLQOriginalTopic, r.Topic)
-	add(kafka.HeaderDLQOriginalPartition, strconv.FormatInt(int64(r.Partition), 10))
-	add(kafka.HeaderDLQOriginalOffset, strconv.FormatInt(r.Offset, 10))
-	add(kafka.HeaderDLQFirstFailedAt, it.firstFailedAt.UTC().Format(kafka.DLQTimeLayout))
-	add(kafka.HeaderDLQTenantID, it.TenantID())
-	return &kgo.Record{Topic: kafka.TopicDLQ, Key: r.Key, Value: r.Value, Headers: headers}
+	return envelope.DeadLetterRecord(it.Record, envelope.Failure{
+		Err: it.err, Class: it.class, Stage: it.stage, Attempts: it.attempts, First: it.firstFailedAt, TenantID: it.TenantID(),
+	})
+}
+
+// DeadLetterStore stores dead-letter records straight into the dead-letter store, as the DLQ processor
+// would have stored them from messages.dlq (*dlq.DirectWriter). It is the fallback for dead letters Kafka
+// refuses for good, so such a record never blocks the batch. An error means the store failed (retried).
+type DeadLetterStore interface {
+	StoreRecords(ctx context.Context, recs []*kgo.Record) error
 }
 
 // deadLetterer produces failed items to messages.dlq.
 type deadLetterer struct {
 	producer     Producer
+	fallback     DeadLetterStore
 	retryInitial time.Duration
 	retryMax     time.Duration
 	logger       *slog.Logger
 
-	produced *prometheus.CounterVec
-	errors   prometheus.Counter
+	produced  *prometheus.CounterVec
+	errors    prometheus.Counter
+	fallbacks prometheus.Counter
 }
 
-func newDeadLetterer(p Producer, cfg Config, reg prometheus.Registerer, logger *slog.Logger) (*deadLetterer, error) {
+func newDeadLetterer(p Producer, fallback DeadLetterStore, cfg Config, reg prometheus.Registerer, logger *slog.Logger) (*deadLetterer, error) {
 	d := &deadLetterer{
-		producer: p, retryInitial: cfg.RetryInitial, retryMax: cfg.RetryMax, logger: logger,
+		producer: p, fallback: fallback, retryInitial: cfg.RetryInitial, retryMax: cfg.RetryMax, logger: logger,
 		produced: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: observability.Namespace, Subsystem: "pipeline", Name: "dead_letters_total",
-			Help: "Records sent to messages.dlq by stage and error class.",
+			Help: "Records dead-lettered (to messages.dlq, or straight to the store when Kafka refused them) by stage and error class.",
 		}, []string{"stage", "class"}),
 		errors: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: observability.Namespace, Subsystem: "pipeline", Name: "dead_letter_produce_errors_total",
-			Help: "Failed attempts to produce to messages.dlq (retried; the batch is not committed until they succeed).",
+			Help: "Failed attempts to produce to messages.dlq (transient ones are retried; the batch is not committed until they succeed).",
+		}),
+		fallbacks: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: observability.Namespace, Subsystem: "pipeline", Name: "dead_letter_fallbacks_total",
+			Help: "Dead letters Kafka refused for good (too large, invalid) and that were stored straight in the dead-letter store instead.",
 		}),
 	}
-	for _, c := range []prometheus.Collector{d.produced, d.errors} {
+	for _, c := range []prometheus.Collector{d.produced, d.errors, d.fallbacks} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register dead letter metrics: %w", err)
+		}
+	}
+	for _, st := range envelope.Stages {
+		for _, cl := range []Class{Permanent, Transient} {
+			d.produced.WithLabelValues(st, string(cl))
 		}
 	}
 	return d, nil
 }
 
-// send produces the items' DLQ records, retrying those that fail with backoff until all are acknowledged
-// or ctx ends (then the caller must not commit). One attempt is bounded by the producer's delivery
-// timeout (KAFKA_PRODUCE_TIMEOUT).
+// send dead-letters the items: it produces their DLQ records and, for those Kafka refuses for good
+// (kafka.IsPermanentProduceError), stores them straight in the dead-letter store. Transient failures of
+// either are retried with backoff until done or ctx ends (then the caller must not commit). One produce
+// attempt is bounded by the producer's delivery timeout (KAFKA_PRODUCE_TIMEOUT).
 func (d *deadLetterer) send(ctx context.Context, items []*Item) error {
-	pending := items
+	toKafka, toStore := items, []*Item(nil)
 	b := &backoff.ExponentialBackOff{InitialInterval: d.retryInitial, RandomizationFactor: 0.5, Multiplier: 2, MaxInterval: d.retryMax}
 	b.Reset()
-	for len(pending) > 0 {
-		recs := make([]*kgo.Record, len(pending))
-		for i, it := range pending {
-			recs[i] = deadLetterRecord(it)
-		}
-		results := d.producer.ProduceSync(ctx, recs...)
-		var failed []*Item
-		var firstErr error
-		for i, res := range results {
-			it := pending[i]
-			if res.Err != nil {
-				failed = append(failed, it)
-				firstErr = res.Err
-				continue
+	for {
+		var retryKafka, retryStore []*Item
+		var lastErr error
+		if len(toKafka) > 0 {
+			recs := make([]*kgo.Record, len(toKafka))
+			for i, it := range toKafka {
+				recs[i] = deadLetterRecord(it)
 			}
-			it.deadLettered = true
-			d.produced.WithLabelValues(it.stage, string(it.class)).Inc()
-			d.logger.WarnContext(ctx, "record dead-lettered", "stage", it.stage, "class", string(it.class),
-				"topic", it.Record.Topic, "partition", it.Record.Partition, "offset", it.Record.Offset,
-				"tenant_id", it.TenantID(), "attempts", max(it.attempts, 1), "error", it.err)
+			for i, res := range d.producer.ProduceSync(ctx, recs...) {
+				it := toKafka[i]
+				switch {
+				case res.Err == nil:
+					d.done(ctx, it, kafka.TopicDLQ)
+				case kafka.IsPermanentProduceError(res.Err) && d.fallback != nil:
+					d.errors.Inc()
+					d.logger.ErrorContext(ctx, "messages.dlq refused a dead letter for good; storing it directly",
+						"partition", it.Record.Partition, "offset", it.Record.Offset, "error", res.Err)
+					toStore = append(toStore, it)
+				default:
+					d.errors.Inc()
+					retryKafka, lastErr = append(retryKafka, it), res.Err
+				}
+			}
 		}
-		if len(failed) == 0 {
+		if len(toStore) > 0 {
+			recs := make([]*kgo.Record, len(toStore))
+			for i, it := range toStore {
+				recs[i] = deadLetterRecord(it)
+			}
+			if err := d.fallback.StoreRecords(ctx, recs); err != nil {
+				retryStore, lastErr = toStore, err
+			} else {
+				for _, it := range toStore {
+					d.fallbacks.Inc()
+					d.done(ctx, it, "dead-letter store")
+				}
+			}
+		}
+		n := len(retryKafka) + len(retryStore)
+		if n == 0 {
 			return nil
 		}
-		d.errors.Inc()
 		if ctx.Err() != nil {
-			return fmt.Errorf("produce %d dead letters: %w", len(failed), firstErr)
+			return fmt.Errorf("dead-letter %d records: %w", n, lastErr)
 		}
 		delay := b.NextBackOff()
-		d.logger.ErrorContext(ctx, "cannot produce to the DLQ; retrying before committing", "records", len(failed),
-			"retry_in", delay.Round(time.Millisecond).String(), "error", firstErr)
+		d.logger.ErrorContext(ctx, "cannot dead-letter records; retrying before committing", "records", n,
+			"retry_in", delay.Round(time.Millisecond).String(), "error", lastErr)
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("produce %d dead letters: %w", len(failed), ctx.Err())
+			return fmt.Errorf("dead-letter %d records: %w", n, ctx.Err())
 		case <-time.After(delay):
 		}
-		pending = failed
+		toKafka, toStore = retryKafka, retryStore
 	}
-	return nil
+}
+
+// done records that it was dead-lettered (to where).
+func (d *deadLetterer) done(ctx context.Context, it *Item, where string) {
+	it.deadLettered = true
+	d.produced.WithLabelValues(it.stage, string(it.class)).Inc()
+	d.logger.WarnContext(ctx, "record dead-lettered", "to", where, "stage", it.stage, "class", string(it.class),
+		"topic", it.Record.Topic, "partition", it.Record.Partition, "offset", it.Record.Offset,
+		"tenant_id", it.TenantID(), "attempts", max(it.attempts, 1), "error", it.err)
 }

@@ -23,6 +23,7 @@ import (
 
 	platformv1 "github.com/msgplatform/platform/gen/platform/v1"
 	"github.com/msgplatform/platform/internal/config"
+	"github.com/msgplatform/platform/internal/envelope"
 	"github.com/msgplatform/platform/internal/kafka"
 	"github.com/msgplatform/platform/internal/requestid"
 	"github.com/msgplatform/platform/internal/store"
@@ -47,7 +48,7 @@ func newEnv(t testing.TB) *env {
 	m := testenv.StartMongoServer(t)
 	vars := map[string]string{
 		"KAFKA_BROKERS": broker, "MONGO_URI": m.URI(), "MONGO_DATABASE": "platform", "REDIS_URL": testenv.Redis(t),
-		"SHUTDOWN_TIMEOUT": "10s",
+		"SHUTDOWN_TIMEOUT": "10s", "KAFKA_SIGNING_KEYS": testSigningKID + "=" + testSigningSecret,
 	}
 	cfg, err := config.Load(func(k string) string { return vars[k] })
 	if err != nil {
@@ -211,8 +212,44 @@ func inbound(tenant, conv, sender, body string, roles ...string) *platformv1.Inb
 	}
 }
 
+// The key the test pipelines verify with (KAFKA_SIGNING_KEYS of newEnv); record and signed sign with it.
+const (
+	testSigningKID    = "test"
+	testSigningSecret = "pipeline-test-signing-secret-0123456789abcdef"
+)
+
+var testSigningKeys = func() *envelope.Keys {
+	k, err := envelope.NewKeys(testSigningKID, testSigningSecret)
+	if err != nil {
+		panic(err)
+	}
+	return k
+}()
+
+func testKeys(testing.TB) *envelope.Keys { return testSigningKeys }
+
+// signed signs r with the test key, as the gateway signs what it produces, and returns it.
+func signed(r *kgo.Record) *kgo.Record {
+	if err := testSigningKeys.Sign(r); err != nil {
+		panic(err)
+	}
+	return r
+}
+
+// unsigned strips r's signature headers, as a record produced by hand has none, and returns it.
+func unsigned(r *kgo.Record) *kgo.Record {
+	var hs []kgo.RecordHeader
+	for _, h := range r.Headers {
+		if h.Key != envelope.HeaderKeyID && h.Key != envelope.HeaderSignature {
+			hs = append(hs, h)
+		}
+	}
+	r.Headers = hs
+	return r
+}
+
 // record encodes in as SendMessage does (protobuf, key = conversation id, content-type and request id
-// headers); json selects protojson with content-type application/json instead.
+// headers, signed with the test key); json selects protojson with content-type application/json instead.
 func record(in *platformv1.InboundMessage, json bool) *kgo.Record {
 	value, contentType := mustMarshal(in), "application/x-protobuf"
 	if json {
@@ -222,10 +259,10 @@ func record(in *platformv1.InboundMessage, json bool) *kgo.Record {
 		}
 		value, contentType = b, "application/json"
 	}
-	return &kgo.Record{Topic: kafka.TopicInbound, Key: []byte(in.GetConversationId()), Value: value, Headers: []kgo.RecordHeader{
+	return signed(&kgo.Record{Topic: kafka.TopicInbound, Key: []byte(in.GetConversationId()), Value: value, Headers: []kgo.RecordHeader{
 		{Key: "content-type", Value: []byte(contentType)},
 		{Key: requestid.Header, Value: []byte(in.GetRequestId())},
-	}}
+	}})
 }
 
 func mustMarshal(m proto.Message) []byte {

@@ -6,20 +6,17 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	platformv1 "github.com/msgplatform/platform/gen/platform/v1"
+	"github.com/msgplatform/platform/internal/envelope"
 	"github.com/msgplatform/platform/internal/store"
 )
 
-// Class says what to do with a failed record.
-type Class string
+// Class says what to do with a failed record (envelope.Class: the dlq.error_class header).
+type Class = envelope.Class
 
-// Error classes (the dlq.error_class header).
+// Error classes.
 const (
-	// Permanent: the record fails the same way every time (undecodable, invalid, unauthorized sender): it
-	// goes to the DLQ at once and processing continues.
-	Permanent Class = "permanent"
-	// Transient: a dependency failed (store or Redis unavailable, a timeout): the stage is retried with
-	// backoff, and consumption pauses meanwhile.
-	Transient Class = "transient"
+	Permanent = envelope.Permanent
+	Transient = envelope.Transient
 )
 
 // Item is one Kafka record on its way through the stages. Stages read what earlier ones set and mark

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	platformv1 "github.com/msgplatform/platform/gen/platform/v1"
+	"github.com/msgplatform/platform/internal/envelope"
 	"github.com/msgplatform/platform/internal/events"
 	"github.com/msgplatform/platform/internal/observability"
 	"github.com/msgplatform/platform/internal/resources"
@@ -73,8 +74,8 @@ type publisher interface {
 // together.
 type notifyStage struct{ pub publisher }
 
-func newNotifyStage(p Producer, reg prometheus.Registerer) (notifyStage, error) {
-	pub, err := events.NewPublisher(orderedProducer{p}, reg)
+func newNotifyStage(p Producer, keys *envelope.Keys, reg prometheus.Registerer) (notifyStage, error) {
+	pub, err := events.NewPublisher(orderedProducer{p}, keys, reg)
 	if err != nil {
 		return notifyStage{}, err
 	}

@@ -64,29 +64,31 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
-	"strconv"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/msgplatform/platform/internal/envelope"
 	"github.com/msgplatform/platform/internal/kafka"
 	"github.com/msgplatform/platform/internal/observability"
 )
 
 // Deps are what the stages use.
 type Deps struct {
-	Conversations Conversations // store.Store.Conversations
-	Authorizer    Authorizer    // *authz.Authorizer
-	Writer        Writer        // *store.BulkWriter
-	Producer      Producer      // events (and, in New, dead letters)
+	Keys          *envelope.Keys // records must carry a valid signature; events are signed
+	Conversations Conversations  // store.Store.Conversations
+	Authorizer    Authorizer     // *authz.Authorizer
+	Writer        Writer         // *store.BulkWriter
+	Producer      Producer       // events (and, in New, dead letters)
 	Registry      prometheus.Registerer
 }
 
 // Stages returns the pipeline's stages, in order. Adding a stage is one line here.
 func Stages(d Deps) ([]Stage, error) {
-	notify, err := newNotifyStage(d.Producer, d.Registry)
+	notify, err := newNotifyStage(d.Producer, d.Keys, d.Registry)
 	if err != nil {
 		return nil, err
 	}
@@ -95,6 +97,7 @@ func Stages(d Deps) ([]Stage, error) {
 		return nil, err
 	}
 	return []Stage{
+		authenticateStage{keys: d.Keys},
 		deserializeStage{},
 		validateStage{},
 		tenantStage{convs: d.Conversations},
@@ -115,7 +118,7 @@ type Pipeline struct {
 	logger *slog.Logger
 
 	batchRecords  prometheus.Histogram
-	lag           *prometheus.GaugeVec
+	progress      *progress
 	batchDuration prometheus.Histogram
 	commits       *prometheus.CounterVec
 	closeOnce     sync.Once
@@ -124,9 +127,9 @@ type Pipeline struct {
 	newReads func(keys []string) *batchReads
 }
 
-// New returns a pipeline over brokers running stages, producing dead letters with producer. It joins the
-// group when Run starts polling.
-func New(cfg Config, brokers []string, stages []Stage, producer Producer, reg prometheus.Registerer, logger *slog.Logger) (*Pipeline, error) {
+// New returns a pipeline over brokers running stages, producing dead letters with producer (and storing
+// those Kafka refuses for good in fallback). It joins the group when Run starts polling.
+func New(cfg Config, brokers []string, stages []Stage, producer Producer, fallback DeadLetterStore, reg prometheus.Registerer, logger *slog.Logger) (*Pipeline, error) {
 	cfg = cfg.withDefaults()
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
@@ -139,7 +142,7 @@ func New(cfg Config, brokers []string, stages []Stage, producer Producer, reg pr
 	if err != nil {
 		return nil, err
 	}
-	dlq, err := newDeadLetterer(producer, cfg, reg, logger)
+	dlq, err := newDeadLetterer(producer, fallback, cfg, reg, logger)
 	if err != nil {
 		return nil, err
 	}
@@ -159,16 +162,16 @@ func New(cfg Config, brokers []string, stages []Stage, producer Producer, reg pr
 			Namespace: observability.Namespace, Subsystem: "pipeline", Name: "commits_total",
 			Help: "Offset commits by result (ok, error). A failed commit means redelivery, never loss.",
 		}, []string{"result"}),
-		lag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Namespace: observability.Namespace, Subsystem: "pipeline", Name: "consumer_lag_records",
-			Help: "Records of messages.inbound not yet consumed, per partition, from the high watermark of the last fetch.",
-		}, []string{"partition"}),
 	}
-	for _, c := range []prometheus.Collector{p.batchRecords, p.batchDuration, p.commits, p.lag} {
+	for _, c := range []prometheus.Collector{p.batchRecords, p.batchDuration, p.commits} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register pipeline metrics: %w", err)
 		}
 	}
+	if p.progress, err = newProgress(reg); err != nil {
+		return nil, fmt.Errorf("register pipeline progress metrics: %w", err)
+	}
+	r.onRetry = p.progress.retried
 	p.client, err = kgo.NewClient(p.clientOpts(brokers)...)
 	if err != nil {
 		return nil, fmt.Errorf("kafka consumer for %v: %w", brokers, err)
@@ -177,10 +180,11 @@ func New(cfg Config, brokers []string, stages []Stage, producer Producer, reg pr
 }
 
 func (p *Pipeline) clientOpts(brokers []string) []kgo.Opt {
-	logPartitions := func(event string) func(context.Context, *kgo.Client, map[string][]int32) {
+	logPartitions := func(event string, track func([]int32)) func(context.Context, *kgo.Client, map[string][]int32) {
 		return func(_ context.Context, _ *kgo.Client, parts map[string][]int32) {
 			if len(parts) > 0 {
 				p.logger.Info("partitions "+event, "partitions", parts[kafka.TopicInbound])
+				track(parts[kafka.TopicInbound])
 			}
 		}
 	}
@@ -197,9 +201,9 @@ func (p *Pipeline) clientOpts(brokers []string) []kgo.Opt {
 		kgo.FetchMaxBytes(p.cfg.FetchMaxBytes),
 		kgo.FetchMaxPartitionBytes(p.cfg.FetchMaxPartitionBytes),
 		kgo.MaxConcurrentFetches(p.cfg.MaxConcurrentFetches),
-		kgo.OnPartitionsAssigned(logPartitions("assigned")),
-		kgo.OnPartitionsRevoked(logPartitions("revoked")),
-		kgo.OnPartitionsLost(logPartitions("lost")),
+		kgo.OnPartitionsAssigned(logPartitions("assigned", p.progress.assigned)),
+		kgo.OnPartitionsRevoked(logPartitions("revoked", p.progress.revoked)),
+		kgo.OnPartitionsLost(logPartitions("lost", p.progress.revoked)),
 		kgo.WithLogger(kafka.Logger(p.logger)),
 	}
 }
@@ -210,6 +214,9 @@ func (p *Pipeline) clientOpts(brokers []string) []kgo.Opt {
 func (p *Pipeline) Run(ctx context.Context) error {
 	p.logger.Info("pipeline consuming", "topic", kafka.TopicInbound, "group", p.cfg.GroupID,
 		"max_poll_records", p.cfg.MaxPollRecords, "bulk_max_docs", p.cfg.BulkMaxDocs, "bulk_max_delay", p.cfg.BulkMaxDelay.String())
+	refreshCtx, stopRefresh := context.WithCancel(ctx)
+	defer stopRefresh()
+	go p.progress.runRefresh(refreshCtx, kadm.NewClient(p.client), p.cfg.GroupID, kafka.TopicInbound, p.logger)
 	return kafka.PollLoop(ctx, p.client, p.cfg.MaxPollRecords, p.logger, p.runBatch)
 }
 
@@ -248,10 +255,10 @@ func (p *Pipeline) runBatch(ctx context.Context, fetches kgo.Fetches) error {
 		bctx = withBatchReads(bctx, p.newReads(keys))
 	}
 	p.batchRecords.Observe(float64(fetches.NumRecords()))
-	// Lag from what the fetch response already carries: no extra request to the brokers.
 	fetches.EachPartition(func(fp kgo.FetchTopicPartition) {
-		if n := len(fp.Records); n > 0 {
-			p.lag.WithLabelValues(strconv.Itoa(int(fp.Partition))).Set(float64(fp.HighWatermark - fp.Records[n-1].Offset - 1))
+		if len(fp.Records) > 0 {
+			first := fp.Records[0]
+			p.progress.fetched(fp.Partition, first.Offset, first.Timestamp, fp.HighWatermark)
 		}
 	})
 
@@ -266,6 +273,7 @@ func (p *Pipeline) runBatch(ctx context.Context, fetches kgo.Fetches) error {
 	var commit []*kgo.Record
 	for i, pb := range parts {
 		if errs[i] != nil {
+			p.progress.abandoned(pb.partition)
 			p.logger.WarnContext(ctx, "batch abandoned uncommitted; its records will be redelivered",
 				"partition", pb.partition, "records", len(pb.items), "error", errs[i])
 			continue
@@ -289,6 +297,9 @@ func (p *Pipeline) runBatch(ctx context.Context, fetches kgo.Fetches) error {
 			p.logger.WarnContext(ctx, "offset commit failed; the batch may be redelivered (no duplicates)", "error", err)
 		} else {
 			p.commits.WithLabelValues("ok").Inc()
+			for _, r := range commit {
+				p.progress.committed(r.Partition, r.Offset+1)
+			}
 		}
 	}
 	p.batchDuration.Observe(time.Since(start).Seconds())

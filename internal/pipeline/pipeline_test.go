@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	platformv1 "github.com/msgplatform/platform/gen/platform/v1"
+	"github.com/msgplatform/platform/internal/envelope"
 	"github.com/msgplatform/platform/internal/kafka"
 )
 
@@ -42,6 +43,15 @@ func TestEndToEnd(t *testing.T) {
 	e.waitStored(n)
 	elapsed := time.Since(start)
 	t.Logf("%d messages stored in %v (%.0f messages/s, pipeline start included)", n, elapsed.Round(time.Millisecond), n/elapsed.Seconds())
+	// Lag is measured from the committed offsets: it reaches 0 once the last batch is committed.
+	deadline := time.Now().Add(10 * time.Second)
+	for p.series("platform_pipeline_consumer_lag_records") == 0 || p.metric("platform_pipeline_consumer_lag_records") != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("consumer lag: %d partitions reported, total %v; want partitions reported and 0 left once all is stored",
+				p.series("platform_pipeline_consumer_lag_records"), p.metric("platform_pipeline_consumer_lag_records"))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	if err := p.stop(); err != nil {
 		t.Fatalf("graceful stop: %v", err)
 	}
@@ -65,9 +75,6 @@ func TestEndToEnd(t *testing.T) {
 	}
 	if got := p.metric("platform_bulk_writer_batch_size"); got == 0 {
 		t.Fatal("the bulk writer recorded no batch")
-	}
-	if series, lag := p.series("platform_pipeline_consumer_lag_records"), p.metric("platform_pipeline_consumer_lag_records"); series == 0 || lag != 0 {
-		t.Fatalf("consumer lag: %d partitions reported, total %v; want partitions reported and 0 left once all is stored", series, lag)
 	}
 	t.Logf("bulk inserts: %v for %d messages; polled batches: %v",
 		p.metric("platform_bulk_writer_batch_size"), n, p.metric("platform_pipeline_batch_records"))
@@ -217,6 +224,24 @@ func TestStoreOutage(t *testing.T) {
 	}
 }
 
+// tampered replaces r's value with m, keeping r's signature: the value no longer matches it.
+func tampered(r *kgo.Record, m *platformv1.InboundMessage) *kgo.Record {
+	r.Value = mustMarshal(m)
+	return r
+}
+
+// foreignSigned re-signs r with a key the pipeline does not know.
+func foreignSigned(t *testing.T, r *kgo.Record) *kgo.Record {
+	k, err := envelope.NewKeys("rogue", "a-rogue-producer-secret-0123456789abcdef")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := k.Sign(r); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
 // TestPermanentFailuresDeadLettered: each bad record becomes one DLQ record with the right headers, and
 // the good ones around it (same partition) are stored.
 func TestPermanentFailuresDeadLettered(t *testing.T) {
@@ -229,24 +254,29 @@ func TestPermanentFailuresDeadLettered(t *testing.T) {
 	other := e.conversation("t2", "carol")
 	key := []byte(c.ID)
 	good := func(body string) *kgo.Record { return record(inbound("t1", c.ID, "bob", body), false) }
-	withKey := func(r *kgo.Record) *kgo.Record { r.Key = key; return r }
+	withKey := func(r *kgo.Record) *kgo.Record { r.Key = key; return signed(r) }
 
 	invalid := inbound("t1", c.ID, "bob", "   ")
 	badID := inbound("t1", c.ID, "bob", "hello")
 	badID.Id = "not-a-ulid"
 	retried := withKey(record(inbound("t1", c.ID, "", "no sender"), false))
 	retried.Headers = append(retried.Headers,
-		kgoHeader(kafka.HeaderDLQAttempts, "2"), kgoHeader(kafka.HeaderDLQFirstFailedAt, "2031-05-06T07:08:09.123Z"),
-		kgoHeader(kafka.HeaderDLQStage, "validate"))
+		kgoHeader(envelope.HeaderDLQAttempts, "2"), kgoHeader(envelope.HeaderDLQFirstFailedAt, "2031-05-06T07:08:09.123Z"),
+		kgoHeader(envelope.HeaderDLQStage, "validate"))
 	type bad struct {
 		rec    *kgo.Record
 		stage  string
 		tenant string
 	}
 	bads := []bad{
-		{&kgo.Record{Topic: kafka.TopicInbound, Key: key, Value: []byte{0xff, 0xff, 0x01}, Headers: []kgo.RecordHeader{kgoHeader("content-type", "application/x-protobuf"), kgoHeader("x-request-id", "r1")}}, StageDeserialize, ""},
-		{&kgo.Record{Topic: kafka.TopicInbound, Key: key, Value: []byte(`{"id": 3`), Headers: []kgo.RecordHeader{kgoHeader("content-type", "application/json; charset=utf-8")}}, StageDeserialize, ""},
-		{&kgo.Record{Topic: kafka.TopicInbound, Key: key, Value: mustMarshal(inbound("t1", c.ID, "bob", "x")), Headers: []kgo.RecordHeader{kgoHeader("content-type", "text/plain")}}, StageDeserialize, ""},
+		{signed(&kgo.Record{Topic: kafka.TopicInbound, Key: key, Value: []byte{0xff, 0xff, 0x01}, Headers: []kgo.RecordHeader{kgoHeader("content-type", "application/x-protobuf"), kgoHeader("x-request-id", "r1")}}), StageDeserialize, ""},
+		{signed(&kgo.Record{Topic: kafka.TopicInbound, Key: key, Value: []byte(`{"id": 3`), Headers: []kgo.RecordHeader{kgoHeader("content-type", "application/json; charset=utf-8")}}), StageDeserialize, ""},
+		{signed(&kgo.Record{Topic: kafka.TopicInbound, Key: key, Value: mustMarshal(inbound("t1", c.ID, "bob", "x")), Headers: []kgo.RecordHeader{kgoHeader("content-type", "text/plain")}}), StageDeserialize, ""},
+		// Not through the API: a non-member claiming the service role, and a record in a real member's name.
+		{unsigned(record(inbound("t1", c.ID, "mallory", "I am a service", "service"), false)), StageAuthenticate, ""},
+		{unsigned(record(inbound("t1", c.ID, "bob", "bob never sent this"), false)), StageAuthenticate, ""},
+		{tampered(record(inbound("t1", c.ID, "bob", "signed"), false), inbound("t1", c.ID, "bob", "then changed")), StageAuthenticate, ""},
+		{foreignSigned(t, record(inbound("t1", c.ID, "bob", "signed with a key we do not know"), false)), StageAuthenticate, ""},
 		{record(invalid, false), StageValidate, "t1"},
 		{record(badID, false), StageValidate, "t1"},
 		{withKey(record(inbound("t1", c.ID, "mallory", "not a member"), false)), StageAuthorize, "t1"},
@@ -285,7 +315,7 @@ func TestPermanentFailuresDeadLettered(t *testing.T) {
 	byOffset := map[int64]*kgo.Record{}
 	for _, d := range dead {
 		h, _ := headers(d)
-		off, _ := strconv.ParseInt(h[kafka.HeaderDLQOriginalOffset], 10, 64)
+		off, _ := strconv.ParseInt(h[envelope.HeaderDLQOriginalOffset], 10, 64)
 		byOffset[off] = d
 	}
 	for i, b := range bads {
@@ -305,20 +335,20 @@ func TestPermanentFailuresDeadLettered(t *testing.T) {
 			wantAttempts = "3"
 		}
 		for k, want := range map[string]string{
-			kafka.HeaderDLQStage: b.stage, kafka.HeaderDLQErrorClass: "permanent", kafka.HeaderDLQAttempts: wantAttempts,
-			kafka.HeaderDLQOriginalTopic: kafka.TopicInbound, kafka.HeaderDLQOriginalPartition: strconv.Itoa(int(b.rec.Partition)),
-			kafka.HeaderDLQTenantID: b.tenant,
+			envelope.HeaderDLQStage: b.stage, envelope.HeaderDLQErrorClass: "permanent", envelope.HeaderDLQAttempts: wantAttempts,
+			envelope.HeaderDLQOriginalTopic: kafka.TopicInbound, envelope.HeaderDLQOriginalPartition: strconv.Itoa(int(b.rec.Partition)),
+			envelope.HeaderDLQTenantID: b.tenant,
 		} {
 			if h[k] != want {
-				t.Errorf("bad %d: %s = %q, want %q (error %q)", i, k, h[k], want, h[kafka.HeaderDLQError])
+				t.Errorf("bad %d: %s = %q, want %q (error %q)", i, k, h[k], want, h[envelope.HeaderDLQError])
 			}
 		}
-		if h[kafka.HeaderDLQError] == "" {
-			t.Errorf("bad %d: empty %s", i, kafka.HeaderDLQError)
+		if h[envelope.HeaderDLQError] == "" {
+			t.Errorf("bad %d: empty %s", i, envelope.HeaderDLQError)
 		}
-		ts, err := time.Parse(time.RFC3339, h[kafka.HeaderDLQFirstFailedAt])
+		ts, err := time.Parse(time.RFC3339, h[envelope.HeaderDLQFirstFailedAt])
 		if err != nil {
-			t.Errorf("bad %d: %s = %q: %v", i, kafka.HeaderDLQFirstFailedAt, h[kafka.HeaderDLQFirstFailedAt], err)
+			t.Errorf("bad %d: %s = %q: %v", i, envelope.HeaderDLQFirstFailedAt, h[envelope.HeaderDLQFirstFailedAt], err)
 		}
 		if b.rec == retried && !ts.Equal(time.Date(2031, 5, 6, 7, 8, 9, 123e6, time.UTC)) {
 			t.Errorf("retried record: first_failed_at %v, want the one it carried", ts)

@@ -14,6 +14,7 @@ import (
 	"github.com/msgplatform/platform/internal/authz"
 	"github.com/msgplatform/platform/internal/clients"
 	"github.com/msgplatform/platform/internal/config"
+	"github.com/msgplatform/platform/internal/dlq"
 	"github.com/msgplatform/platform/internal/health"
 	"github.com/msgplatform/platform/internal/store"
 )
@@ -83,12 +84,16 @@ func (s *Service) build(ctx context.Context, cfg config.Config, pcfg Config, reg
 		return err
 	}
 	stages, err := Stages(Deps{
-		Conversations: st.Conversations, Authorizer: authorizer, Writer: s.writer, Producer: s.clients.Kafka, Registry: reg,
+		Keys: cfg.KafkaSigningKeys, Conversations: st.Conversations, Authorizer: authorizer, Writer: s.writer,
+		Producer: s.clients.Kafka, Registry: reg,
 	})
 	if err != nil {
 		return err
 	}
-	s.pipeline, err = New(pcfg, cfg.KafkaBrokers, stages, s.clients.Kafka, reg, s.logger)
+	deadLetters := store.NewDeadLetters(s.clients.DB)
+	deadLetters.SetGuard(s.clients.Guard())
+	fallback := dlq.NewDirectWriter(deadLetters, cfg.KafkaSigningKeys, dlq.Policy{}, nil, s.logger)
+	s.pipeline, err = New(pcfg, cfg.KafkaBrokers, stages, s.clients.Kafka, fallback, reg, s.logger)
 	if err != nil {
 		return err
 	}
@@ -97,8 +102,11 @@ func (s *Service) build(ctx context.Context, cfg config.Config, pcfg Config, reg
 	return nil
 }
 
-// Dependencies describes the connections as health checks (for /healthz and /readyz).
-func (s *Service) Dependencies() []health.Dependency { return s.clients.Dependencies() }
+// Dependencies describes the connections, and the group's progress, as health checks (for /healthz,
+// /readyz and /v1/health).
+func (s *Service) Dependencies(stallAfter time.Duration) []health.Dependency {
+	return append(s.clients.Dependencies(), s.clients.PipelineDependency(stallAfter))
+}
 
 // Run consumes until ctx ends and the batch in hand is committed (or abandoned; then the error says so).
 // The membership cache's invalidation subscription (which enables its in-process layer) lives as long.

@@ -9,19 +9,22 @@ import (
 	"github.com/cenkalti/backoff/v5"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/msgplatform/platform/internal/envelope"
 	"github.com/msgplatform/platform/internal/observability"
 )
 
-// Stage names, used in metrics and in the dlq.stage header (ARCHITECTURE.md).
+// Stage names, used in metrics and in the dlq.stage header (defined in internal/envelope).
 const (
-	StageDeserialize = "deserialize"
-	StageValidate    = "validate"
-	StageTenant      = "tenant"
-	StageAuthorize   = "authorize"
-	StageTransform   = "transform"
-	StagePersist     = "persist"
-	StageNotify      = "notify"
-	StageMetrics     = "metrics"
+	StageAuthenticate = envelope.StageAuthenticate
+	StageDeserialize  = envelope.StageDeserialize
+	StageValidate     = envelope.StageValidate
+	StageTenant       = envelope.StageTenant
+	StageAuthorize    = envelope.StageAuthorize
+	StageTransform    = envelope.StageTransform
+	StagePersist      = envelope.StagePersist
+	StageNotify       = envelope.StageNotify
+	// StageMetrics only counts what went all the way through; it never fails a record.
+	StageMetrics = "metrics"
 )
 
 // Stage is one step of the pipeline. Process gets the items of one partition still alive, in offset
@@ -46,6 +49,8 @@ type runner struct {
 	failed    *prometheus.CounterVec
 	duration  *prometheus.HistogramVec
 	retries   *prometheus.CounterVec
+	// onRetry, when set, hears of every stage retry, with the partition of the batch retried.
+	onRetry func(partition int32)
 }
 
 func newRunner(stages []Stage, cfg Config, reg prometheus.Registerer, logger *slog.Logger) (*runner, error) {
@@ -150,6 +155,9 @@ func (r *runner) runStage(ctx context.Context, st Stage, live []*Item) error {
 		delay := b.NextBackOff()
 		r.retries.WithLabelValues(name).Inc()
 		first := retry[0]
+		if r.onRetry != nil {
+			r.onRetry(first.Record.Partition)
+		}
 		r.logger.WarnContext(ctx, "transient failure; retrying the stage (consumption paused)",
 			"stage", name, "attempt", attempt, "records", len(retry), "retry_in", delay.Round(time.Millisecond).String(),
 			"partition", first.Record.Partition, "offset", first.Record.Offset, "error", first.err)

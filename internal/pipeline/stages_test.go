@@ -16,8 +16,8 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	platformv1 "github.com/msgplatform/platform/gen/platform/v1"
+	"github.com/msgplatform/platform/internal/envelope"
 	"github.com/msgplatform/platform/internal/kafka"
-	"github.com/msgplatform/platform/internal/resources"
 )
 
 func TestMentions(t *testing.T) {
@@ -62,59 +62,12 @@ func TestTransform(t *testing.T) {
 		!m.CreateTime.Equal(in.GetSendTime().AsTime()) || m.Metadata["k"] != "v" || m.RequestID != in.GetRequestId() {
 		t.Fatalf("transformed = %+v (err %v)", m, items[0].Err())
 	}
-	// NFC can lengthen a body past the limit the API checked before normalisation.
-	in = validInbound()
-	in.Body = strings.Repeat("\u0958", resources.MaxBodyBytes/3) // 3 bytes, NFC-decomposes to 6
-	items = []*Item{{Inbound: in}}
-	transformStage{}.Process(context.Background(), items)
-	if !items[0].Failed() || items[0].Class() != Permanent {
-		t.Fatalf("oversized after NFC: failed %v class %q", items[0].Failed(), items[0].Class())
-	}
 }
 
 func validInbound() *platformv1.InboundMessage {
 	in := inbound("t1", "c1", "alice", "hello @bob")
 	in.Metadata = map[string]string{"k": "v"}
 	return in
-}
-
-func TestValidate(t *testing.T) {
-	bad := func(edit func(*platformv1.InboundMessage)) *platformv1.InboundMessage {
-		in := validInbound()
-		edit(in)
-		return in
-	}
-	if err := validate(validInbound()); err != nil {
-		t.Fatalf("valid envelope: %v", err)
-	}
-	meta := map[string]string{}
-	for i := range resources.MaxMetadata + 1 {
-		meta[strconv.Itoa(i)] = "v"
-	}
-	for name, in := range map[string]*platformv1.InboundMessage{
-		"id":             bad(func(m *platformv1.InboundMessage) { m.Id = "x" }),
-		"tenant":         bad(func(m *platformv1.InboundMessage) { m.TenantId = "" }),
-		"conversation":   bad(func(m *platformv1.InboundMessage) { m.ConversationId = strings.Repeat("c", MaxIDLen+1) }),
-		"sender":         bad(func(m *platformv1.InboundMessage) { m.SenderId = "a\nb" }),
-		"blank body":     bad(func(m *platformv1.InboundMessage) { m.Body = " \t\n" }),
-		"long body":      bad(func(m *platformv1.InboundMessage) { m.Body = strings.Repeat("x", resources.MaxBodyBytes+1) }),
-		"metadata count": bad(func(m *platformv1.InboundMessage) { m.Metadata = meta }),
-		"metadata key":   bad(func(m *platformv1.InboundMessage) { m.Metadata = map[string]string{"": "v"} }),
-		"metadata value": bad(func(m *platformv1.InboundMessage) {
-			m.Metadata = map[string]string{"k": strings.Repeat("v", resources.MaxMetadataValue+1)}
-		}),
-		"client id": bad(func(m *platformv1.InboundMessage) {
-			m.ClientMessageId = strings.Repeat("c", resources.MaxClientMessageIDLen+1)
-		}),
-		"send time": bad(func(m *platformv1.InboundMessage) { m.SendTime.Nanos = -1 }),
-	} {
-		if err := validate(in); !errors.Is(err, errInvalid) {
-			t.Errorf("%s: validate = %v, want an invalid envelope", name, err)
-		}
-	}
-	if err := validate(bad(func(m *platformv1.InboundMessage) { m.Body = strings.Repeat("é", resources.MaxBodyBytes/2) })); err != nil {
-		t.Errorf("body of exactly %d bytes: %v", resources.MaxBodyBytes, err)
-	}
 }
 
 // scriptStage fails items as its script says, per call (1-based) and item.
@@ -221,19 +174,19 @@ func TestRunnerAbandonsOnShutdown(t *testing.T) {
 func TestDeadLetterRecord(t *testing.T) {
 	in := validInbound()
 	rec := &kgo.Record{Topic: kafka.TopicInbound, Partition: 4, Offset: 77, Key: []byte("c1"), Value: mustMarshal(in), Headers: []kgo.RecordHeader{
-		kgoHeader("x-request-id", "r1"), kgoHeader(kafka.HeaderDLQAttempts, "4"), kgoHeader(kafka.HeaderDLQError, "old"),
-		kgoHeader(kafka.HeaderDLQFirstFailedAt, "2030-01-02T03:04:05.006Z"),
+		kgoHeader("x-request-id", "r1"), kgoHeader(envelope.HeaderDLQAttempts, "4"), kgoHeader(envelope.HeaderDLQError, "old"),
+		kgoHeader(envelope.HeaderDLQFirstFailedAt, "2030-01-02T03:04:05.006Z"),
 	}}
 	it := newItem(rec)
 	it.Inbound = in
-	it.Fail(Permanent, errors.New(strings.Repeat("é", maxErrorHeader)))
+	it.Fail(Permanent, errors.New(strings.Repeat("é", 1024)))
 	it.stage, it.attempts = StageAuthorize, it.attempts+1
 	d := deadLetterRecord(it)
 	h, keys := headers(d)
 	want := map[string]string{
-		"x-request-id": "r1", kafka.HeaderDLQAttempts: "5", kafka.HeaderDLQStage: StageAuthorize, kafka.HeaderDLQErrorClass: "permanent",
-		kafka.HeaderDLQOriginalTopic: kafka.TopicInbound, kafka.HeaderDLQOriginalPartition: "4", kafka.HeaderDLQOriginalOffset: "77",
-		kafka.HeaderDLQFirstFailedAt: "2030-01-02T03:04:05.006Z", kafka.HeaderDLQTenantID: "t1",
+		"x-request-id": "r1", envelope.HeaderDLQAttempts: "5", envelope.HeaderDLQStage: StageAuthorize, envelope.HeaderDLQErrorClass: "permanent",
+		envelope.HeaderDLQOriginalTopic: kafka.TopicInbound, envelope.HeaderDLQOriginalPartition: "4", envelope.HeaderDLQOriginalOffset: "77",
+		envelope.HeaderDLQFirstFailedAt: "2030-01-02T03:04:05.006Z", envelope.HeaderDLQTenantID: "t1",
 	}
 	for k, v := range want {
 		if h[k] != v {
@@ -243,13 +196,13 @@ func TestDeadLetterRecord(t *testing.T) {
 	if len(keys) != 10 || d.Topic != kafka.TopicDLQ || string(d.Key) != "c1" {
 		t.Errorf("headers %v, topic %s, key %s", keys, d.Topic, d.Key)
 	}
-	if e := h[kafka.HeaderDLQError]; len(e) > maxErrorHeader+len("…") || !strings.HasSuffix(e, "…") || strings.ContainsRune(e, '\uFFFD') {
+	if e := h[envelope.HeaderDLQError]; len(e) > 1024+len("…") || !strings.HasSuffix(e, "…") || strings.ContainsRune(e, '\uFFFD') {
 		t.Errorf("dlq.error not clipped cleanly: %d bytes", len(e))
 	}
 }
 
 func TestConsumerSettings(t *testing.T) {
-	p, err := New(Config{}, []string{"127.0.0.1:1"}, nil, nil, prometheus.NewRegistry(), nil)
+	p, err := New(Config{}, []string{"127.0.0.1:1"}, nil, nil, nil, prometheus.NewRegistry(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -272,9 +225,10 @@ func TestConsumerSettings(t *testing.T) {
 	}
 }
 
-// FuzzDeserializeValidate: whatever the bytes and content type, deserialize+validate never panic, and a
-// record either comes out valid or fails permanently with a well-formed DLQ record.
-func FuzzDeserializeValidate(f *testing.F) {
+// FuzzAuthenticateDecode: whatever the bytes, content type and signature, authenticate+deserialize+validate
+// never panic; a record passes only when it is signed with the platform's key and holds a valid envelope;
+// one that fails, fails permanently with a well-formed DLQ record.
+func FuzzAuthenticateDecode(f *testing.F) {
 	valid := validInbound()
 	json, err := protojson.Marshal(valid)
 	if err != nil {
@@ -300,39 +254,62 @@ func FuzzDeserializeValidate(f *testing.F) {
 		{mustMarshal(valid), "text/plain"},
 		{mustMarshal(valid), "application/json; charset"},
 	} {
-		f.Add(seed.data, seed.ct)
+		for _, sign := range []byte{0, 1, 2} {
+			f.Add(seed.data, seed.ct, sign)
+		}
 	}
-	f.Fuzz(func(t *testing.T, data []byte, contentType string) {
-		rec := &kgo.Record{Topic: kafka.TopicInbound, Partition: 1, Offset: 2, Value: data,
-			Headers: []kgo.RecordHeader{kgoHeader(HeaderContentType, contentType)}}
+	keys := testKeys(f)
+	other, err := envelope.NewKeys("other", "another-secret-nobody-shares-0123456789")
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, data []byte, contentType string, sign byte) {
+		rec := &kgo.Record{Topic: kafka.TopicInbound, Partition: 1, Offset: 2, Key: []byte("c1"), Value: data,
+			Headers: []kgo.RecordHeader{kgoHeader(envelope.HeaderContentType, contentType)}}
+		switch sign % 3 {
+		case 1:
+			if err := keys.Sign(rec); err != nil {
+				t.Fatal(err)
+			}
+		case 2:
+			if err := other.Sign(rec); err != nil {
+				t.Fatal(err)
+			}
+		}
 		items := []*Item{newItem(rec)}
-		r := testRunner(t, Config{}, deserializeStage{}, validateStage{})
+		r := testRunner(t, Config{}, authenticateStage{keys: keys}, deserializeStage{}, validateStage{})
 		if err := r.process(context.Background(), items); err != nil {
 			t.Fatalf("process: %v", err)
 		}
 		it := items[0]
 		if !it.Failed() {
-			if it.Inbound == nil || validate(it.Inbound) != nil {
+			if sign%3 != 1 {
+				t.Fatal("a record not signed with the platform's key passed authenticate")
+			}
+			if it.Inbound == nil || envelope.Validate(it.Inbound) != nil {
 				t.Fatal("passed without a valid envelope")
 			}
 			transformStage{}.Process(context.Background(), items) // must not panic either
 			return
 		}
-		if it.Class() != Permanent || (it.Stage() != StageDeserialize && it.Stage() != StageValidate) {
-			t.Fatalf("failed with class %q in stage %q, want permanent in deserialize or validate", it.Class(), it.Stage())
+		if sign%3 != 1 && it.Stage() != StageAuthenticate {
+			t.Fatalf("unsigned or foreign-signed record failed in stage %q, want authenticate", it.Stage())
+		}
+		if it.Class() != Permanent || !slices.Contains([]string{StageAuthenticate, StageDeserialize, StageValidate}, it.Stage()) {
+			t.Fatalf("failed with class %q in stage %q, want permanent in authenticate, deserialize or validate", it.Class(), it.Stage())
 		}
 		d := deadLetterRecord(it)
 		h, _ := headers(d)
-		for _, k := range []string{kafka.HeaderDLQError, kafka.HeaderDLQErrorClass, kafka.HeaderDLQStage, kafka.HeaderDLQAttempts, kafka.HeaderDLQOriginalTopic,
-			kafka.HeaderDLQOriginalPartition, kafka.HeaderDLQOriginalOffset, kafka.HeaderDLQFirstFailedAt, kafka.HeaderDLQTenantID} {
+		for _, k := range []string{envelope.HeaderDLQError, envelope.HeaderDLQErrorClass, envelope.HeaderDLQStage, envelope.HeaderDLQAttempts, envelope.HeaderDLQOriginalTopic,
+			envelope.HeaderDLQOriginalPartition, envelope.HeaderDLQOriginalOffset, envelope.HeaderDLQFirstFailedAt, envelope.HeaderDLQTenantID} {
 			if _, ok := h[k]; !ok {
 				t.Fatalf("dead letter lacks %s", k)
 			}
 		}
-		if h[kafka.HeaderDLQAttempts] != "1" || h[kafka.HeaderDLQOriginalOffset] != "2" || string(d.Value) != string(data) {
+		if h[envelope.HeaderDLQAttempts] != "1" || h[envelope.HeaderDLQOriginalOffset] != "2" || string(d.Value) != string(data) {
 			t.Fatalf("dead letter headers %v", h)
 		}
-		if _, err := time.Parse(time.RFC3339, h[kafka.HeaderDLQFirstFailedAt]); err != nil {
+		if _, err := time.Parse(time.RFC3339, h[envelope.HeaderDLQFirstFailedAt]); err != nil {
 			t.Fatalf("first_failed_at: %v", err)
 		}
 	})

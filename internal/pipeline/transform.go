@@ -2,14 +2,11 @@ package pipeline
 
 import (
 	"context"
-	"fmt"
 	"strings"
 	"unicode"
 	"unicode/utf8"
 
-	"golang.org/x/text/unicode/norm"
-
-	"github.com/msgplatform/platform/internal/resources"
+	"github.com/msgplatform/platform/internal/envelope"
 	"github.com/msgplatform/platform/internal/store"
 )
 
@@ -20,12 +17,9 @@ const (
 )
 
 // transformStage normalises the body and enriches the message, building what persist stores:
-//   - the body is put in Unicode NFC (so "é" typed as e + U+0301 and as U+00E9 are the same text) and
-//     surrounding white space is trimmed;
+//   - the body is normalised (envelope.NormalizeBody: Unicode NFC, surrounding white space trimmed); the
+//     validate stage already checked that the result is neither empty nor too long;
 //   - @mentions are extracted into mentions (see Mentions for the syntax).
-//
-// A body that grows past resources.MaxBodyBytes through normalisation (NFC can expand some scripts) is refused
-// (permanent), as the API would have refused it.
 type transformStage struct{}
 
 func (transformStage) Name() string { return StageTransform }
@@ -33,15 +27,7 @@ func (transformStage) Name() string { return StageTransform }
 func (transformStage) Process(_ context.Context, batch []*Item) {
 	for _, it := range batch {
 		in := it.Inbound
-		body := strings.TrimSpace(norm.NFC.String(in.GetBody()))
-		switch {
-		case body == "":
-			it.Fail(Permanent, fmt.Errorf("%w: body: empty after normalisation", errInvalid))
-			continue
-		case len(body) > resources.MaxBodyBytes:
-			it.Fail(Permanent, fmt.Errorf("%w: body: %d bytes after NFC normalisation, at most %d", errInvalid, len(body), resources.MaxBodyBytes))
-			continue
-		}
+		body := envelope.NormalizeBody(in.GetBody())
 		m := store.Message{
 			ID:              in.GetId(),
 			TenantID:        in.GetTenantId(),

@@ -82,7 +82,7 @@ func build(ctx context.Context, cfg config.Config, logger *slog.Logger, cl *clie
 	if err != nil {
 		return nil, err
 	}
-	publisher, err := events.NewPublisher(cl.Kafka, reg)
+	publisher, err := events.NewPublisher(cl.Kafka, cfg.KafkaSigningKeys, reg)
 	if err != nil {
 		return nil, err
 	}
@@ -95,7 +95,7 @@ func build(ctx context.Context, cfg config.Config, logger *slog.Logger, cl *clie
 	if err != nil {
 		return nil, err
 	}
-	hub, err := stream.NewHub(cfg.KafkaBrokers, reg, logger)
+	hub, err := stream.NewHub(cfg.KafkaBrokers, cfg.KafkaSigningKeys, reg, logger)
 	if err != nil {
 		return nil, fmt.Errorf("stream hub: %w", err)
 	}
@@ -104,7 +104,7 @@ func build(ctx context.Context, cfg config.Config, logger *slog.Logger, cl *clie
 	srv, err := New(ctx, Options{
 		Services: Services{
 			Conversations: api.NewConversations(deps),
-			Messages:      api.NewMessages(deps, cl.Kafka, api.NewSendKeys(cl.Redis), hub, authorizer),
+			Messages:      api.NewMessages(deps, cl.Kafka, cfg.KafkaSigningKeys, api.NewSendKeys(cl.Redis), hub, authorizer),
 			DeadLetters: api.NewDeadLetters(api.DeadLetterDeps{
 				Store:   deadLetters,
 				Retrier: dlq.NewRetrier(deadLetters, cl.Kafka, dlqMetrics, logger, dlq.Config{}),
@@ -117,7 +117,7 @@ func build(ctx context.Context, cfg config.Config, logger *slog.Logger, cl *clie
 		Config:       cfg,
 		Logger:       logger,
 		Registry:     reg,
-		Dependencies: cl.Dependencies(),
+		Dependencies: append(cl.Dependencies(), cl.PipelineDependency(cfg.PipelineStallAfter)),
 		Verifier:     verifier,
 		Authorizer:   authorizer,
 	})

@@ -70,17 +70,22 @@ type DeadLetter struct {
 	OriginalOffset    int64
 	Key               []byte
 	Payload           []byte // nil once purged
-	Headers           []Header
-	TenantID          string
-	Stage             string
-	Error             string
-	ErrorClass        string // "permanent" or "transient"
-	Attempts          int
-	MessageID         string // when the payload decoded as an InboundMessage
-	Status            DeadLetterStatus
-	FirstFailureTime  time.Time
-	LastFailureTime   time.Time
-	NextRetryTime     *time.Time // pending_retry (kept while retrying)
+	// PayloadTruncated: the record was oversized and only its first bytes were kept; OriginalSize and
+	// OriginalSHA256 describe the whole original value. Such an entry is never retried.
+	PayloadTruncated bool
+	OriginalSize     int64
+	OriginalSHA256   string
+	Headers          []Header
+	TenantID         string
+	Stage            string
+	Error            string
+	ErrorClass       string // "permanent" or "transient"
+	Attempts         int
+	MessageID        string // when the payload decoded as an InboundMessage
+	Status           DeadLetterStatus
+	FirstFailureTime time.Time
+	LastFailureTime  time.Time
+	NextRetryTime    *time.Time // pending_retry (kept while retrying)
 	// Claim of a retrier, while Status is retrying: who, until when, and the status it was claimed from
 	// (restored if the republish fails).
 	ClaimOwner  string
@@ -116,6 +121,9 @@ type deadLetterDoc struct {
 	OriginalOffset    int64        `bson:"original_offset"`
 	Key               []byte       `bson:"key,omitempty"`
 	Payload           []byte       `bson:"payload,omitempty"`
+	PayloadTruncated  bool         `bson:"payload_truncated,omitempty"`
+	OriginalSize      int64        `bson:"original_size,omitempty"`
+	OriginalSHA256    string       `bson:"original_sha256,omitempty"`
 	Headers           []headerPair `bson:"headers,omitempty"`
 	TenantID          string       `bson:"tenant_id"`
 	Stage             string       `bson:"stage"`
@@ -164,6 +172,9 @@ func (d deadLetterDoc) deadLetter() DeadLetter {
 		OriginalOffset:    d.OriginalOffset,
 		Key:               d.Key,
 		Payload:           d.Payload,
+		PayloadTruncated:  d.PayloadTruncated,
+		OriginalSize:      d.OriginalSize,
+		OriginalSHA256:    d.OriginalSHA256,
 		Headers:           headers,
 		TenantID:          d.TenantID,
 		Stage:             d.Stage,
@@ -348,6 +359,9 @@ func newDeadLetterDoc(d DeadLetter, now time.Time) deadLetterDoc {
 		OriginalOffset:    d.OriginalOffset,
 		Key:               d.Key,
 		Payload:           d.Payload,
+		PayloadTruncated:  d.PayloadTruncated,
+		OriginalSize:      d.OriginalSize,
+		OriginalSHA256:    d.OriginalSHA256,
 		Headers:           headers,
 		TenantID:          d.TenantID,
 		Stage:             d.Stage,

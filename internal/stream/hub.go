@@ -11,9 +11,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kgo"
-	"google.golang.org/protobuf/proto"
 
 	platformv1 "github.com/msgplatform/platform/gen/platform/v1"
+	"github.com/msgplatform/platform/internal/envelope"
 	"github.com/msgplatform/platform/internal/kafka"
 	"github.com/msgplatform/platform/internal/observability"
 )
@@ -53,12 +53,32 @@ type Hub struct {
 	subs   map[convKey]map[*Subscription]struct{}
 	closed bool
 
-	active  prometheus.Gauge
-	dropped prometheus.Counter
+	keys     Verifier
+	active   prometheus.Gauge
+	dropped  prometheus.Counter
+	rejected *prometheus.CounterVec
 }
 
-// NewHub returns a hub reading messages.events from its end over a new client to brokers.
-func NewHub(brokers []string, reg prometheus.Registerer, logger *slog.Logger) (*Hub, error) {
+// Verifier checks an event record's signature: *envelope.Keys.
+type Verifier interface {
+	Verify(r *kgo.Record) error
+}
+
+// Reasons an event is not dispatched (label reason of events_rejected_total).
+const (
+	RejectUnsigned     = "unsigned"
+	RejectUnknownKey   = "unknown_key"
+	RejectBadSignature = "bad_signature"
+	RejectUndecodable  = "undecodable"
+)
+
+// NewHub returns a hub reading messages.events from its end over a new client to brokers. Only events
+// whose signature keys verify are dispatched: anyone able to produce to the topic could otherwise show
+// subscribers messages nobody sent.
+func NewHub(brokers []string, keys Verifier, reg prometheus.Registerer, logger *slog.Logger) (*Hub, error) {
+	if keys == nil {
+		return nil, errors.New("stream hub: no keys to verify events with")
+	}
 	client, err := kgo.NewClient(
 		kgo.SeedBrokers(brokers...),
 		kgo.ConsumeTopics(kafka.TopicEvents),
@@ -68,13 +88,19 @@ func NewHub(brokers []string, reg prometheus.Registerer, logger *slog.Logger) (*
 	if err != nil {
 		return nil, err
 	}
-	h := &Hub{client: client, logger: logger, subs: map[convKey]map[*Subscription]struct{}{},
+	h := &Hub{client: client, logger: logger, keys: keys, subs: map[convKey]map[*Subscription]struct{}{},
 		active: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: observability.Namespace, Subsystem: "stream",
 			Name: "subscribers", Help: "Live StreamMessages subscriptions on this replica."}),
 		dropped: prometheus.NewCounter(prometheus.CounterOpts{Namespace: observability.Namespace, Subsystem: "stream",
 			Name: "slow_subscribers_dropped_total", Help: "Subscriptions ended because their buffer was full."}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: observability.Namespace, Subsystem: "stream",
+			Name: "events_rejected_total", Help: "Records of messages.events not dispatched to subscribers, by reason: unsigned, unknown_key, bad_signature, undecodable."},
+			[]string{"reason"}),
 	}
-	for _, c := range []prometheus.Collector{h.active, h.dropped} {
+	for _, r := range []string{RejectUnsigned, RejectUnknownKey, RejectBadSignature, RejectUndecodable} {
+		h.rejected.WithLabelValues(r)
+	}
+	for _, c := range []prometheus.Collector{h.active, h.dropped, h.rejected} {
 		if err := reg.Register(c); err != nil {
 			client.Close()
 			return nil, err
@@ -95,14 +121,35 @@ func (h *Hub) Run(ctx context.Context) {
 			h.logger.Warn("reading messages.events", "partition", p, "error", err)
 		})
 		fetches.EachRecord(func(r *kgo.Record) {
-			ev := &platformv1.Event{}
-			if err := proto.Unmarshal(r.Value, ev); err != nil {
-				h.logger.Warn("undecodable event skipped", "partition", r.Partition, "offset", r.Offset, "error", err)
-				return
+			if ev := h.accept(r); ev != nil {
+				h.dispatch(ev)
 			}
-			h.dispatch(ev)
 		})
 	}
+}
+
+// accept returns the record's event when its signature verifies and it decodes, nil otherwise (counted
+// and logged: a rejected event on the topic means a misconfigured key or a forger).
+func (h *Hub) accept(r *kgo.Record) *platformv1.Event {
+	if err := h.keys.Verify(r); err != nil {
+		reason := RejectBadSignature
+		switch {
+		case errors.Is(err, envelope.ErrUnsigned):
+			reason = RejectUnsigned
+		case errors.Is(err, envelope.ErrUnknownKey):
+			reason = RejectUnknownKey
+		}
+		h.rejected.WithLabelValues(reason).Inc()
+		h.logger.Warn("unverified event skipped", "partition", r.Partition, "offset", r.Offset, "error", err)
+		return nil
+	}
+	ev, err := envelope.DecodeEvent(r)
+	if err != nil {
+		h.rejected.WithLabelValues(RejectUndecodable).Inc()
+		h.logger.Warn("undecodable event skipped", "partition", r.Partition, "offset", r.Offset, "error", err)
+		return nil
+	}
+	return ev
 }
 
 // Subscribe returns a subscription to the events of one conversation.

@@ -27,6 +27,7 @@ import (
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/msgplatform/platform/internal/embedded"
+	"github.com/msgplatform/platform/internal/envelope"
 	"github.com/msgplatform/platform/internal/kafka"
 )
 
@@ -361,4 +362,17 @@ func (b *lockedBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// SigningKeysSpec is the KAFKA_SIGNING_KEYS of test configurations; SigningKeys are the same keys.
+const SigningKeysSpec = "test=platform-test-signing-secret-0123456789abcdef"
+
+// SigningKeys returns the keys of SigningKeysSpec, to sign records a test produces as the gateway would.
+func SigningKeys(t testing.TB) *envelope.Keys {
+	t.Helper()
+	k, err := envelope.ParseKeys(SigningKeysSpec)
+	if err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	return k
 }

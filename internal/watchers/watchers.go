@@ -58,7 +58,7 @@ func Serve(ctx context.Context, cfg config.Config, reg prometheus.Registerer, lo
 	if err != nil {
 		return err
 	}
-	publisher, err := events.NewPublisher(producer, private)
+	publisher, err := events.NewPublisher(producer, cfg.KafkaSigningKeys, private)
 	if err != nil {
 		return err
 	}

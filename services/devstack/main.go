@@ -39,14 +39,24 @@ platform devstack is up (embedded: %s)
   kafka        %s   kcat -b %s -L
   mongodb      %s
   redis        %s
+  signing key  %s
 Ctrl-C stops it (twice forces).
 
-`, strings.Join(a.Embedded, ", "), a.GRPC, port(a.GRPC), a.HTTP, port(a.HTTP), a.Metrics, a.PipelineMetrics, a.Kafka, a.Kafka, a.MongoURI, a.RedisURL)
+`, strings.Join(a.Embedded, ", "), a.GRPC, port(a.GRPC), a.HTTP, port(a.HTTP), a.Metrics, a.PipelineMetrics, a.Kafka, a.Kafka, a.MongoURI, a.RedisURL,
+			signingKey(a.SigningKeyFile))
 	})
 	if err != nil {
 		logger.Error("devstack failed", "error", err)
 		os.Exit(1)
 	}
+}
+
+// signingKey describes where the record signing key comes from.
+func signingKey(file string) string {
+	if file == "" {
+		return "KAFKA_SIGNING_KEYS"
+	}
+	return file + " (generated; records produced by hand are refused: use the API)"
 }
 
 func port(addr string) string {

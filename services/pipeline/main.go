@@ -72,7 +72,7 @@ func run(ctx context.Context, cfg config.Config, logger *slog.Logger) (err error
 		}
 	}()
 
-	checker := health.NewChecker(svc.Dependencies(), cfg.HealthInterval, cfg.HealthCheckTimeout, logger)
+	checker := health.NewChecker(svc.Dependencies(cfg.PipelineStallAfter), cfg.HealthInterval, cfg.HealthCheckTimeout, logger)
 	servers := []*http.Server{
 		{Addr: cfg.HTTPAddr, Handler: health.HTTPHandler(checker), ReadHeaderTimeout: 10 * time.Second},
 		{Addr: cfg.MetricsAddr, Handler: observability.MetricsHandler(reg), ReadHeaderTimeout: 10 * time.Second},

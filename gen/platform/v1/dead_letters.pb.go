@@ -157,9 +157,10 @@ type DeadLetter struct {
 	PayloadText string `protobuf:"bytes,7,opt,name=payload_text,json=payloadText,proto3" json:"payload_text,omitempty"`
 	// Original record headers plus the dlq.* headers.
 	Headers map[string]string `protobuf:"bytes,8,rep,name=headers,proto3" json:"headers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	// Tenant, when the record got far enough to know it.
+	// Tenant, when the original payload's signature verified (never taken from a header).
 	TenantId string `protobuf:"bytes,9,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
-	// Pipeline stage that failed: deserialize, validate, tenant, authorize, transform, persist or notify.
+	// Pipeline stage that failed: authenticate, deserialize, validate, tenant, authorize, transform,
+	// persist or notify.
 	Stage string `protobuf:"bytes,10,opt,name=stage,proto3" json:"stage,omitempty"`
 	// The error message.
 	Error string `protobuf:"bytes,11,opt,name=error,proto3" json:"error,omitempty"`
@@ -177,10 +178,17 @@ type DeadLetter struct {
 	NextRetryTime *timestamppb.Timestamp `protobuf:"bytes,17,opt,name=next_retry_time,json=nextRetryTime,proto3" json:"next_retry_time,omitempty"`
 	// When the entry last changed status.
 	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,18,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
-	// Message id, when the payload could be decoded.
-	MessageId     string `protobuf:"bytes,19,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// Message id, when the payload's signature verified and it decoded.
+	MessageId string `protobuf:"bytes,19,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
+	// The record was larger than the pipeline accepts: payload holds only its first bytes, original_size
+	// and original_sha256 describe the whole value. Such an entry cannot be retried.
+	PayloadTruncated bool `protobuf:"varint,20,opt,name=payload_truncated,json=payloadTruncated,proto3" json:"payload_truncated,omitempty"`
+	// Size in bytes of the original value (set when payload_truncated).
+	OriginalSize int64 `protobuf:"varint,21,opt,name=original_size,json=originalSize,proto3" json:"original_size,omitempty"`
+	// SHA-256 of the original value, hex (set when payload_truncated).
+	OriginalSha256 string `protobuf:"bytes,22,opt,name=original_sha256,json=originalSha256,proto3" json:"original_sha256,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *DeadLetter) Reset() {
@@ -342,6 +350,27 @@ func (x *DeadLetter) GetUpdateTime() *timestamppb.Timestamp {
 func (x *DeadLetter) GetMessageId() string {
 	if x != nil {
 		return x.MessageId
+	}
+	return ""
+}
+
+func (x *DeadLetter) GetPayloadTruncated() bool {
+	if x != nil {
+		return x.PayloadTruncated
+	}
+	return false
+}
+
+func (x *DeadLetter) GetOriginalSize() int64 {
+	if x != nil {
+		return x.OriginalSize
+	}
+	return 0
+}
+
+func (x *DeadLetter) GetOriginalSha256() string {
+	if x != nil {
+		return x.OriginalSha256
 	}
 	return ""
 }
@@ -1139,7 +1168,7 @@ var File_platform_v1_dead_letters_proto protoreflect.FileDescriptor
 
 const file_platform_v1_dead_letters_proto_rawDesc = "" +
 	"\n" +
-	"\x1eplatform/v1/dead_letters.proto\x12\vplatform.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18platform/v1/access.proto\"\xf3\x06\n" +
+	"\x1eplatform/v1/dead_letters.proto\x12\vplatform.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18platform/v1/access.proto\"\xee\a\n" +
 	"\n" +
 	"DeadLetter\x12\x13\n" +
 	"\x02id\x18\x01 \x01(\tB\x03\xe0A\bR\x02id\x12%\n" +
@@ -1164,7 +1193,10 @@ const file_platform_v1_dead_letters_proto_rawDesc = "" +
 	"\vupdate_time\x18\x12 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"updateTime\x12\x1d\n" +
 	"\n" +
-	"message_id\x18\x13 \x01(\tR\tmessageId\x1a:\n" +
+	"message_id\x18\x13 \x01(\tR\tmessageId\x12+\n" +
+	"\x11payload_truncated\x18\x14 \x01(\bR\x10payloadTruncated\x12#\n" +
+	"\roriginal_size\x18\x15 \x01(\x03R\foriginalSize\x12'\n" +
+	"\x0foriginal_sha256\x18\x16 \x01(\tR\x0eoriginalSha256\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xdd\x01\n" +

@@ -73,7 +73,7 @@ func MeasureRSS(tb testing.TB, records int, fill Fill, progress io.Writer) (Resu
 	cmd.Env = append(os.Environ(),
 		"KAFKA_BROKERS="+brokers, "MONGO_URI="+mongoURI, "MONGO_DATABASE="+database, "REDIS_URL="+redisURL,
 		"HTTP_ADDR="+testenv.FreeAddr(tb), "METRICS_ADDR="+metricsAddr, "LOG_LEVEL=warn",
-		"SHUTDOWN_DRAIN_DELAY=0s", "SHUTDOWN_TIMEOUT=30s")
+		"SHUTDOWN_DRAIN_DELAY=0s", "SHUTDOWN_TIMEOUT=30s", "KAFKA_SIGNING_KEYS="+testenv.SigningKeysSpec)
 	cmd.Stdout, cmd.Stderr = progress, progress
 	started := time.Now()
 	if err := cmd.Start(); err != nil {

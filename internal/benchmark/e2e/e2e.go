@@ -51,7 +51,7 @@ type Platform struct {
 func StartPlatform(tb testing.TB) *Platform {
 	tb.Helper()
 	vars := map[string]string{
-		"KAFKA_BROKERS": testenv.Kafka(tb), "MONGO_URI": testenv.Mongo(tb), "REDIS_URL": testenv.Redis(tb),
+		"KAFKA_BROKERS": testenv.Kafka(tb), "MONGO_URI": testenv.Mongo(tb), "REDIS_URL": testenv.Redis(tb), "KAFKA_SIGNING_KEYS": testenv.SigningKeysSpec,
 		"GRPC_ADDR": "127.0.0.1:0", "HTTP_ADDR": "127.0.0.1:0", "METRICS_ADDR": "127.0.0.1:0",
 		"DEVSTACK_PIPELINE_METRICS_ADDR": "127.0.0.1:0",
 		"AUTH_HMAC_SECRET":               auth.DevHMACSecret,

@@ -178,7 +178,7 @@ func median(rounds []Round, f func(Round) float64) float64 {
 func setup(tb testing.TB, opts Options) (*bench, error) {
 	vars := map[string]string{
 		"KAFKA_BROKERS": testenv.Kafka(tb), "MONGO_URI": testenv.Mongo(tb), "MONGO_DATABASE": "platform",
-		"REDIS_URL": testenv.Redis(tb), "SHUTDOWN_TIMEOUT": "30s",
+		"REDIS_URL": testenv.Redis(tb), "SHUTDOWN_TIMEOUT": "30s", "KAFKA_SIGNING_KEYS": testenv.SigningKeysSpec,
 	}
 	cfg, err := config.Load(func(k string) string { return vars[k] })
 	if err != nil {

@@ -9,15 +9,14 @@ import (
 
 	"github.com/oklog/ulid/v2"
 	"github.com/twmb/franz-go/pkg/kgo"
-	"golang.org/x/text/unicode/norm"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	platformv1 "github.com/msgplatform/platform/gen/platform/v1"
-	"github.com/msgplatform/platform/internal/kafka"
+	"github.com/msgplatform/platform/internal/envelope"
 	"github.com/msgplatform/platform/internal/pipeline"
 	"github.com/msgplatform/platform/internal/requestid"
 	"github.com/msgplatform/platform/internal/store"
+	"github.com/msgplatform/platform/internal/testenv"
 )
 
 // conversation is one conversation of the workload and the users who may send to it.
@@ -117,23 +116,26 @@ func (w *workload) message(now time.Time) *platformv1.InboundMessage {
 	return in
 }
 
-// record encodes in as SendMessage does: protobuf, key = conversation id, content-type and request id
-// headers.
-func record(in *platformv1.InboundMessage) (*kgo.Record, error) {
-	value, err := proto.Marshal(in)
+// signingKeys are the keys of the benchmark's configuration (testenv.SigningKeysSpec), with which the
+// gateway would have signed the records.
+var signingKeys = func() *envelope.Keys {
+	k, err := envelope.ParseKeys(testenv.SigningKeysSpec)
 	if err != nil {
-		return nil, fmt.Errorf("encode inbound message: %w", err)
+		panic(err)
 	}
-	return &kgo.Record{Topic: kafka.TopicInbound, Key: []byte(in.GetConversationId()), Value: value, Headers: []kgo.RecordHeader{
-		{Key: "content-type", Value: []byte("application/x-protobuf")},
-		{Key: requestid.Header, Value: []byte(in.GetRequestId())},
-	}}, nil
+	return k
+}()
+
+// record encodes in as SendMessage does (envelope.InboundRecord: protobuf, key = conversation id,
+// content-type and request id headers, signed).
+func record(in *platformv1.InboundMessage) (*kgo.Record, error) {
+	return envelope.InboundRecord(in, signingKeys)
 }
 
 // storedMessage is the message the pipeline stores for in (what its transform stage builds), for the
 // baselines to write the very same documents.
 func storedMessage(in *platformv1.InboundMessage) store.Message {
-	body := strings.TrimSpace(norm.NFC.String(in.GetBody()))
+	body := envelope.NormalizeBody(in.GetBody())
 	return store.Message{
 		ID: in.GetId(), TenantID: in.GetTenantId(), ConversationID: in.GetConversationId(), SenderID: in.GetSenderId(),
 		Body: body, ClientMessageID: in.GetClientMessageId(), Metadata: in.GetMetadata(), Mentions: pipeline.Mentions(body),

@@ -71,7 +71,7 @@ func newGateway(tb testing.TB) (*gateway, error) {
 	vars := map[string]string{
 		"GRPC_ADDR": "127.0.0.1:0", "HTTP_ADDR": "127.0.0.1:0", "METRICS_ADDR": "127.0.0.1:0",
 		"KAFKA_BROKERS": testenv.Kafka(tb), "MONGO_URI": mongoURI, "MONGO_DATABASE": testenv.MongoDatabase(tb, mongoURI),
-		"REDIS_URL": testenv.Redis(tb), "AUTH_HMAC_SECRET": secret,
+		"REDIS_URL": testenv.Redis(tb), "AUTH_HMAC_SECRET": secret, "KAFKA_SIGNING_KEYS": testenv.SigningKeysSpec,
 		"SHUTDOWN_DRAIN_DELAY": "0s", "SHUTDOWN_TIMEOUT": "5s",
 	}
 	cfg, err := config.Load(func(k string) string { return vars[k] })
