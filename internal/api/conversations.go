@@ -15,7 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	platformv1 "github.com/msgplatform/platform/gen/platform/v1"
-	"github.com/msgplatform/platform/internal/resources"
+	"github.com/msgplatform/platform/internal/protoconv"
 	"github.com/msgplatform/platform/internal/store"
 )
 
@@ -134,12 +134,12 @@ func (s *Conversations) CreateConversation(ctx context.Context, req *platformv1.
 	if err != nil {
 		return nil, storeError(ctx, s.Logger, "conversation", err)
 	}
-	out := resources.ConversationToProto(created)
+	out := protoconv.ConversationToProto(created)
 	s.publish(ctx, &platformv1.Event{Type: platformv1.EventType_EVENT_TYPE_CONVERSATION_CREATED, TenantId: p.TenantID,
 		ConversationId: c.ID, ActorId: p.Subject, Payload: &platformv1.Event_Conversation{Conversation: out}})
 	for _, m := range members {
 		s.afterMembershipChange(ctx, p.TenantID, c.ID, m.UserID, &platformv1.Event{Type: platformv1.EventType_EVENT_TYPE_MEMBER_ADDED,
-			TenantId: p.TenantID, ConversationId: c.ID, ActorId: p.Subject, Payload: &platformv1.Event_Member{Member: resources.MemberToProto(m)}})
+			TenantId: p.TenantID, ConversationId: c.ID, ActorId: p.Subject, Payload: &platformv1.Event_Member{Member: protoconv.MemberToProto(m)}})
 	}
 	return &platformv1.CreateConversationResponse{Conversation: out}, nil
 }
@@ -154,7 +154,7 @@ func (s *Conversations) GetConversation(ctx context.Context, req *platformv1.Get
 	if err != nil {
 		return nil, storeError(ctx, s.Logger, "conversation", err)
 	}
-	return &platformv1.GetConversationResponse{Conversation: resources.ConversationToProto(c)}, nil
+	return &platformv1.GetConversationResponse{Conversation: protoconv.ConversationToProto(c)}, nil
 }
 
 // ListConversations lists the caller's conversations, newest first.
@@ -173,7 +173,7 @@ func (s *Conversations) ListConversations(ctx context.Context, req *platformv1.L
 	}
 	resp := &platformv1.ListConversationsResponse{NextPageToken: next}
 	for _, c := range cs {
-		resp.Conversations = append(resp.Conversations, resources.ConversationToProto(c))
+		resp.Conversations = append(resp.Conversations, protoconv.ConversationToProto(c))
 	}
 	return resp, nil
 }
@@ -214,7 +214,7 @@ func (s *Conversations) UpdateConversation(ctx context.Context, req *platformv1.
 	if err != nil {
 		return nil, storeError(ctx, s.Logger, "conversation", err)
 	}
-	out := resources.ConversationToProto(c)
+	out := protoconv.ConversationToProto(c)
 	s.publish(ctx, &platformv1.Event{Type: platformv1.EventType_EVENT_TYPE_CONVERSATION_UPDATED, TenantId: p.TenantID,
 		ConversationId: c.ID, ActorId: p.Subject, Payload: &platformv1.Event_Conversation{Conversation: out}})
 	return &platformv1.UpdateConversationResponse{Conversation: out}, nil
@@ -231,7 +231,7 @@ func (s *Conversations) DeleteConversation(ctx context.Context, req *platformv1.
 		return nil, storeError(ctx, s.Logger, "conversation", err)
 	}
 	s.Active.Forget(p.TenantID, c.ID)
-	out := resources.ConversationToProto(c)
+	out := protoconv.ConversationToProto(c)
 	s.publish(ctx, &platformv1.Event{Type: platformv1.EventType_EVENT_TYPE_CONVERSATION_DELETED, TenantId: p.TenantID,
 		ConversationId: c.ID, ActorId: p.Subject, Payload: &platformv1.Event_Conversation{Conversation: out}})
 	return &platformv1.DeleteConversationResponse{Conversation: out}, nil
@@ -246,7 +246,7 @@ func (s *Conversations) AddMember(ctx context.Context, req *platformv1.AddMember
 	}
 	var v violations
 	validUserID(&v, "user_id", req.GetUserId())
-	role, ok := resources.RoleFromProto(req.GetRole())
+	role, ok := protoconv.RoleFromProto(req.GetRole())
 	if !ok {
 		v.add("role", "unknown role %d", int32(req.GetRole()))
 	}
@@ -283,7 +283,7 @@ func (s *Conversations) AddMember(ctx context.Context, req *platformv1.AddMember
 	if err != nil {
 		return nil, storeError(ctx, s.Logger, "member", err)
 	}
-	out := resources.MemberToProto(m)
+	out := protoconv.MemberToProto(m)
 	s.afterMembershipChange(ctx, tenant, convID, userID, &platformv1.Event{Type: platformv1.EventType_EVENT_TYPE_MEMBER_ADDED,
 		TenantId: tenant, ConversationId: convID, ActorId: p.Subject, Payload: &platformv1.Event_Member{Member: out}})
 	return &platformv1.AddMemberResponse{Member: out}, nil
@@ -328,7 +328,7 @@ func (s *Conversations) RemoveMember(ctx context.Context, req *platformv1.Remove
 		}
 	}
 	s.afterMembershipChange(ctx, tenant, convID, userID, &platformv1.Event{Type: platformv1.EventType_EVENT_TYPE_MEMBER_REMOVED,
-		TenantId: tenant, ConversationId: convID, ActorId: p.Subject, Payload: &platformv1.Event_Member{Member: resources.MemberToProto(target)}})
+		TenantId: tenant, ConversationId: convID, ActorId: p.Subject, Payload: &platformv1.Event_Member{Member: protoconv.MemberToProto(target)}})
 	return &platformv1.RemoveMemberResponse{}, nil
 }
 
@@ -348,7 +348,7 @@ func (s *Conversations) ListMembers(ctx context.Context, req *platformv1.ListMem
 	}
 	resp := &platformv1.ListMembersResponse{NextPageToken: next}
 	for _, m := range ms {
-		resp.Members = append(resp.Members, resources.MemberToProto(m))
+		resp.Members = append(resp.Members, protoconv.MemberToProto(m))
 	}
 	return resp, nil
 }

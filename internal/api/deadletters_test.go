@@ -36,12 +36,12 @@ import (
 	"github.com/msgplatform/platform/internal/kafka"
 	"github.com/msgplatform/platform/internal/observability"
 	"github.com/msgplatform/platform/internal/pipeline"
-	"github.com/msgplatform/platform/internal/server"
+	gw "github.com/msgplatform/platform/internal/gateway"
 	"github.com/msgplatform/platform/internal/store"
 	"github.com/msgplatform/platform/internal/testenv"
 )
 
-// dlqGateway is a gateway serving ConversationService and DeadLetterService, built like server.Serve builds
+// dlqGateway is a gateway serving ConversationService and DeadLetterService, built like gw.Serve builds
 // one (same interceptors, REST through the gRPC client connection), over kfake, FerretDB and a real Redis.
 type dlqGateway struct {
 	*gateway
@@ -135,9 +135,9 @@ func startDLQGateway(t *testing.T) *dlqGateway {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := server.New(ctx, server.Options{
+	srv, err := gw.New(ctx, gw.Options{
 		Config: cfg, Logger: logger, Registry: reg, Verifier: verifier, Authorizer: authorizer,
-		Services: server.Services{
+		Services: gw.Services{
 			Conversations: api.NewConversations(api.Deps{Store: st, Members: members, Events: publisher, Logger: logger}),
 			DeadLetters: api.NewDeadLetters(api.DeadLetterDeps{
 				Store: dls, Retrier: dlq.NewRetrier(dls, producer, metrics, logger, dlq.Config{}), Metrics: metrics, Logger: logger,

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"log/slog"
 
-	"go.mongodb.org/mongo-driver/v2/mongo"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -46,7 +45,10 @@ func invalid(field, format string, args ...any) error {
 	return v.err()
 }
 
-// storeError maps a store error to a status; what is not a domain outcome is logged and hidden.
+// storeError maps a store error to a status; what is not a domain outcome is logged and hidden. A
+// deadline or cancellation is the caller's only when the caller's own context ended; any other failure
+// the store calls transient (store.IsTransient: network, server selection, timeouts, an open circuit) is
+// UNAVAILABLE, so clients retry it.
 func storeError(ctx context.Context, logger *slog.Logger, what string, err error) error {
 	switch {
 	case err == nil:
@@ -55,16 +57,13 @@ func storeError(ctx context.Context, logger *slog.Logger, what string, err error
 		return status.Errorf(codes.NotFound, "%s not found", what)
 	case errors.Is(err, store.ErrConflict):
 		return status.Errorf(codes.Aborted, "%s was changed concurrently (version mismatch); read it again and retry", what)
-	case errors.Is(err, store.ErrUnavailable):
-		logger.WarnContext(ctx, "store unavailable (circuit open)", "what", what, "error", err)
-		return status.Error(codes.Unavailable, "storage is unavailable; retry later")
 	case errors.Is(err, store.ErrBadPageToken):
 		return invalid("page_token", "malformed or expired page token")
-	case errors.Is(err, context.Canceled):
+	case errors.Is(ctx.Err(), context.Canceled):
 		return status.Error(codes.Canceled, "request cancelled")
-	case errors.Is(err, context.DeadlineExceeded):
+	case errors.Is(ctx.Err(), context.DeadlineExceeded):
 		return status.Error(codes.DeadlineExceeded, "deadline exceeded")
-	case mongo.IsNetworkError(err) || mongo.IsTimeout(err) || errors.Is(err, mongo.ErrClientDisconnected):
+	case store.IsTransient(err):
 		logger.WarnContext(ctx, "store unavailable", "what", what, "error", err)
 		return status.Error(codes.Unavailable, "storage is unavailable; retry later")
 	default:

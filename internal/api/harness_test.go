@@ -17,14 +17,14 @@ import (
 	platformv1 "github.com/msgplatform/platform/gen/platform/v1"
 	"github.com/msgplatform/platform/internal/auth"
 	"github.com/msgplatform/platform/internal/config"
-	"github.com/msgplatform/platform/internal/server"
+	gw "github.com/msgplatform/platform/internal/gateway"
 	"github.com/msgplatform/platform/internal/store"
 	"github.com/msgplatform/platform/internal/testenv"
 )
 
 var secret = "api-test-secret-0123456789abcdef-0123456789"
 
-// gateway is a gateway started through the production wiring (server.Serve) on free ports, over kfake,
+// gateway is a gateway started through the production wiring (gw.Serve) on free ports, over kfake,
 // FerretDB and a real redis-server.
 type gateway struct {
 	conn    *grpc.ClientConn
@@ -51,12 +51,12 @@ func startGateway(t *testing.T, kafkaAddr string) *gateway {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan *server.Server, 1)
+	ready := make(chan *gw.Server, 1)
 	done := make(chan error, 1)
 	go func() {
-		done <- server.Serve(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), func(s *server.Server) { ready <- s })
+		done <- gw.Serve(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), func(s *gw.Server) { ready <- s })
 	}()
-	var srv *server.Server
+	var srv *gw.Server
 	select {
 	case srv = <-ready:
 	case err := <-done:

@@ -16,9 +16,9 @@ import (
 	"github.com/msgplatform/platform/internal/auth"
 	"github.com/msgplatform/platform/internal/authz"
 	"github.com/msgplatform/platform/internal/envelope"
+	"github.com/msgplatform/platform/internal/events"
 	"github.com/msgplatform/platform/internal/requestid"
-	"github.com/msgplatform/platform/internal/resources"
-	"github.com/msgplatform/platform/internal/store/changes"
+	"github.com/msgplatform/platform/internal/protoconv"
 	"github.com/msgplatform/platform/internal/stream"
 )
 
@@ -165,7 +165,7 @@ func (s *Messages) ListMessages(ctx context.Context, req *platformv1.ListMessage
 	}
 	resp := &platformv1.ListMessagesResponse{NextPageToken: next}
 	for _, m := range ms {
-		resp.Messages = append(resp.Messages, resources.MessageToProto(m))
+		resp.Messages = append(resp.Messages, protoconv.MessageToProto(m))
 	}
 	return resp, nil
 }
@@ -180,7 +180,7 @@ func (s *Messages) GetMessage(ctx context.Context, req *platformv1.GetMessageReq
 	if err != nil {
 		return nil, storeError(ctx, s.Logger, "message", err)
 	}
-	return &platformv1.GetMessageResponse{Message: resources.MessageToProto(m)}, nil
+	return &platformv1.GetMessageResponse{Message: protoconv.MessageToProto(m)}, nil
 }
 
 // UpdateMessage edits the body (the author only; checked by the access rule).
@@ -214,9 +214,9 @@ func (s *Messages) UpdateMessage(ctx context.Context, req *platformv1.UpdateMess
 	if err != nil {
 		return nil, storeError(ctx, s.Logger, "message", err)
 	}
-	out := resources.MessageToProto(m)
+	out := protoconv.MessageToProto(m)
 	// The id the change-stream watcher would give the same change, so consumers deduplicate the two.
-	s.publish(ctx, &platformv1.Event{Id: changes.MessageEventID(m.ID, m.Version), Type: platformv1.EventType_EVENT_TYPE_MESSAGE_UPDATED, TenantId: p.TenantID,
+	s.publish(ctx, &platformv1.Event{Id: events.MessageEventID(m.ID, m.Version), Type: platformv1.EventType_EVENT_TYPE_MESSAGE_UPDATED, TenantId: p.TenantID,
 		ConversationId: m.ConversationID, ActorId: p.Subject, Payload: &platformv1.Event_Message{Message: out}})
 	return &platformv1.UpdateMessageResponse{Message: out}, nil
 }
@@ -234,8 +234,8 @@ func (s *Messages) DeleteMessage(ctx context.Context, req *platformv1.DeleteMess
 	if err != nil {
 		return nil, storeError(ctx, s.Logger, "message", err)
 	}
-	out := resources.MessageToProto(m)
-	s.publish(ctx, &platformv1.Event{Id: changes.MessageEventID(m.ID, m.Version), Type: platformv1.EventType_EVENT_TYPE_MESSAGE_DELETED, TenantId: p.TenantID,
+	out := protoconv.MessageToProto(m)
+	s.publish(ctx, &platformv1.Event{Id: events.MessageEventID(m.ID, m.Version), Type: platformv1.EventType_EVENT_TYPE_MESSAGE_DELETED, TenantId: p.TenantID,
 		ConversationId: m.ConversationID, ActorId: p.Subject, Payload: &platformv1.Event_Message{Message: out}})
 	return &platformv1.DeleteMessageResponse{Message: out}, nil
 }

@@ -29,7 +29,7 @@ import (
 	"github.com/msgplatform/platform/internal/kafka"
 	"github.com/msgplatform/platform/internal/observability"
 	"github.com/msgplatform/platform/internal/pipeline"
-	"github.com/msgplatform/platform/internal/server"
+	"github.com/msgplatform/platform/internal/gateway"
 	"github.com/msgplatform/platform/internal/watchers"
 )
 
@@ -145,7 +145,7 @@ func Run(ctx context.Context, cfg config.Config, logger *slog.Logger, onReady fu
 	// connections (they share nothing but cfg); when one fails, the other is stopped.
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		return server.Serve(gctx, cfg, logger, func(s *server.Server) {
+		return gateway.Serve(gctx, cfg, logger, func(s *gateway.Server) {
 			addrs.GRPC, addrs.HTTP, addrs.Metrics = s.GRPCAddr(), s.HTTPAddr(), s.MetricsAddr()
 			if onReady != nil {
 				onReady(addrs)

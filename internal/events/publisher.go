@@ -25,6 +25,18 @@ type Producer interface {
 	ProduceSync(ctx context.Context, rs ...*kgo.Record) kgo.ProduceResults
 }
 
+// MessageEventID is the id of the event of a message at a version. Version 1 (as persisted by the
+// pipeline) is the message id itself, the id the pipeline's notify stage gives its MESSAGE_PERSISTED event;
+// later versions are "{message id}.v{version}". So the change stream's event and the writer's event of
+// the same change (the API's update or delete) carry the same id, and consumers that deduplicate by event
+// id see it once.
+func MessageEventID(messageID string, version int64) string {
+	if version <= 1 {
+		return messageID
+	}
+	return fmt.Sprintf("%s.v%d", messageID, version)
+}
+
 // Publisher writes signed events to messages.events.
 type Publisher struct {
 	producer  Producer

@@ -15,7 +15,7 @@ import (
 	"github.com/msgplatform/platform/internal/envelope"
 	"github.com/msgplatform/platform/internal/events"
 	"github.com/msgplatform/platform/internal/observability"
-	"github.com/msgplatform/platform/internal/resources"
+	"github.com/msgplatform/platform/internal/protoconv"
 	"github.com/msgplatform/platform/internal/store"
 )
 
@@ -95,7 +95,7 @@ func (s notifyStage) Process(ctx context.Context, batch []*Item) {
 			ConversationId: m.ConversationID,
 			ActorId:        m.SenderID,
 			RequestId:      m.RequestID,
-			Payload:        &platformv1.Event_Message{Message: resources.MessageToProto(m)},
+			Payload:        &platformv1.Event_Message{Message: protoconv.MessageToProto(m)},
 		}
 		if !m.PersistTime.IsZero() {
 			ev.EventTime = timestamppb.New(m.PersistTime)

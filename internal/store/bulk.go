@@ -12,17 +12,8 @@ import (
 	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 	"go.mongodb.org/mongo-driver/v2/mongo/writeconcern"
-	"go.mongodb.org/mongo-driver/v2/x/mongo/driver/topology"
 
 	"github.com/msgplatform/platform/internal/observability"
-)
-
-// Error classes of the bulk writer's per-item results (test them with errors.Is). A transient error is
-// worth retrying as it is (the server, the network or the write concern failed, not the document); a
-// permanent one will fail the same way every time (the document itself is refused).
-var (
-	ErrTransient = errors.New("transient store error")
-	ErrPermanent = errors.New("permanent store error")
 )
 
 // Bulk writer defaults.
@@ -468,67 +459,4 @@ func classifyInsert(err error, n int) []outcome {
 		out[k].err = err
 	}
 	return out
-}
-
-// transientCodes are server error codes that say "not now" rather than "never": the retryable-write codes
-// of the MongoDB drivers' specification, plus time limits and lock or write conflicts.
-var transientCodes = map[int]bool{
-	6:     true, // HostUnreachable
-	7:     true, // HostNotFound
-	24:    true, // LockTimeout
-	46:    true, // LockBusy
-	50:    true, // MaxTimeMSExpired
-	64:    true, // WriteConcernFailed
-	89:    true, // NetworkTimeout
-	91:    true, // ShutdownInProgress
-	112:   true, // WriteConflict
-	133:   true, // FailedToSatisfyReadPreference
-	189:   true, // PrimarySteppedDown
-	262:   true, // ExceededTimeLimit
-	9001:  true, // SocketException
-	10107: true, // NotWritablePrimary
-	11600: true, // InterruptedAtShutdown
-	11602: true, // InterruptedDueToReplStateChange
-	13435: true, // NotPrimaryNoSecondaryOk
-	13436: true, // NotPrimaryOrSecondary
-}
-
-func transientCode(code int) bool { return transientCodes[code] }
-
-// IsTransient reports whether err is worth retrying unchanged: the network, a timeout, server selection, a
-// server shutting down or stepping down, a driver "retryable" label, a cancelled context, or an error
-// already classified ErrTransient. Everything else (including ErrNotFound) is not.
-func IsTransient(err error) bool {
-	if err == nil {
-		return false
-	}
-	switch {
-	case errors.Is(err, ErrTransient):
-		return true
-	case errors.Is(err, ErrPermanent):
-		return false
-	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded),
-		errors.Is(err, mongo.ErrClientDisconnected), mongo.IsTimeout(err), mongo.IsNetworkError(err):
-		return true
-	}
-	if errors.As(err, new(topology.ServerSelectionError)) {
-		return true
-	}
-	var le mongo.LabeledError
-	if errors.As(err, &le) {
-		for _, l := range []string{"RetryableWriteError", "TransientTransactionError", "ResumableChangeStreamError"} {
-			if le.HasErrorLabel(l) {
-				return true
-			}
-		}
-	}
-	var se mongo.ServerError
-	if errors.As(err, &se) {
-		for code := range transientCodes {
-			if se.HasErrorCode(code) {
-				return true
-			}
-		}
-	}
-	return false
 }

@@ -9,30 +9,9 @@ import (
 	"github.com/cenkalti/backoff/v5"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sony/gobreaker/v2"
-	"go.mongodb.org/mongo-driver/v2/mongo"
 
 	"github.com/msgplatform/platform/internal/observability"
 )
-
-// ErrUnavailable means the store refused the call without trying it: the MongoDB circuit breaker is open
-// (or half-open and already probing). It wraps ErrTransient, so IsTransient reports it and the pipeline
-// pauses consumption and retries; the API answers UNAVAILABLE.
-var ErrUnavailable = fmt.Errorf("store unavailable: circuit breaker open (%w)", ErrTransient)
-
-// Retryable reports whether an operation that failed with err may be tried again unchanged: a transient
-// error (network, timeout, server selection, not primary, shutting down, a RetryableWriteError or
-// TransientTransactionError label; see IsTransient), but not the caller's own cancellation or deadline,
-// not an open circuit (ErrUnavailable: the point is to stop calling) and never a duplicate key.
-func Retryable(err error) bool {
-	switch {
-	case err == nil,
-		errors.Is(err, ErrUnavailable),
-		errors.Is(err, context.Canceled),
-		mongo.IsDuplicateKeyError(err):
-		return false
-	}
-	return IsTransient(err)
-}
 
 // countsAsFailure reports whether err says "MongoDB is not answering" (a breaker failure) rather than
 // "MongoDB answered no" (not found, duplicate key, validation: a breaker success).

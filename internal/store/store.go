@@ -2,25 +2,12 @@ package store
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
-)
-
-// Sentinel errors of the repositories. Callers test them with errors.Is; the API maps them to status codes
-// in one place.
-var (
-	// ErrNotFound: no such document in the caller's tenant. Another tenant's document is ErrNotFound too,
-	// so a caller cannot learn that it exists.
-	ErrNotFound = errors.New("not found")
-	// ErrConflict: an optimistic-concurrency precondition (expected version) did not hold.
-	ErrConflict = errors.New("version conflict")
-	// ErrAlreadyExists: a document with the same unique key is already stored.
-	ErrAlreadyExists = errors.New("already exists")
 )
 
 // Collection names.
@@ -131,11 +118,3 @@ func (s *Store) EnsureIndexes(ctx context.Context) error {
 // errMissing reports a required identifier the caller left empty; it is a programming error of the
 // caller, not a condition of the data.
 func errMissing(what string) error { return fmt.Errorf("%s is empty", what) }
-
-// notFound maps the driver's "no documents" to ErrNotFound and leaves other errors as they are.
-func notFound(err error) error {
-	if errors.Is(err, mongo.ErrNoDocuments) {
-		return ErrNotFound
-	}
-	return err
-}

@@ -65,8 +65,8 @@ func Serve(ctx context.Context, cfg config.Config, reg prometheus.Registerer, lo
 	m, err := changes.New(changes.Config{
 		Database: db, Tokens: changes.NewRedisTokens(rdb), Registerer: reg, Logger: logger,
 		Watches: []changes.Watch{
-			{Collection: store.MembershipsCollection, Handler: changes.MembershipInvalidator{Cache: cache}},
-			{Collection: store.MessagesCollection, Handler: changes.MessageEvents{Publisher: publisher}},
+			{Collection: store.MembershipsCollection, Handler: MembershipInvalidator{Cache: cache}},
+			{Collection: store.MessagesCollection, Handler: MessageEvents{Publisher: publisher}},
 		},
 	})
 	if err != nil {

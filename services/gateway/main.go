@@ -11,7 +11,7 @@ import (
 	"github.com/msgplatform/platform/internal/config"
 	"github.com/msgplatform/platform/internal/lifecycle"
 	"github.com/msgplatform/platform/internal/observability"
-	"github.com/msgplatform/platform/internal/server"
+	"github.com/msgplatform/platform/internal/gateway"
 )
 
 func main() {
@@ -27,7 +27,7 @@ func main() {
 	logger := observability.NewLogger(os.Stderr, cfg.LogLevel, cfg.LogFormat)
 	ctx, stop := lifecycle.SignalContext(context.Background(), logger)
 	defer stop()
-	if err := server.Serve(ctx, cfg, logger, nil); err != nil {
+	if err := gateway.Serve(ctx, cfg, logger, nil); err != nil {
 		logger.Error("gateway failed", "error", err)
 		os.Exit(1)
 	}

@@ -19,7 +19,7 @@ import (
 	platformv1 "github.com/msgplatform/platform/gen/platform/v1"
 	"github.com/msgplatform/platform/internal/auth"
 	"github.com/msgplatform/platform/internal/config"
-	"github.com/msgplatform/platform/internal/server"
+	gw "github.com/msgplatform/platform/internal/gateway"
 	"github.com/msgplatform/platform/internal/testenv"
 )
 
@@ -33,7 +33,7 @@ type RESTResult struct {
 
 // MeasureRESTvsGRPC measures GetConversation through REST (grpc-gateway, which reaches the gRPC server
 // over its loopback client connection, so every interceptor runs) against the same call over gRPC, on
-// ONE gateway started by server.Serve over FerretDB, redis-server and kfake, with the same token and
+// ONE gateway started by gw.Serve over FerretDB, redis-server and kfake, with the same token and
 // conversation. Both paths run the whole production chain, authorization and the MongoDB read included.
 func MeasureRESTvsGRPC(tb testing.TB, rounds, calls int) (RESTResult, error) {
 	g, err := newGateway(tb)
@@ -81,10 +81,10 @@ func newGateway(tb testing.TB) (*gateway, error) {
 	// As in production: one JSON log line per call (the handler's cost counts), written nowhere.
 	logger := slog.New(slog.NewJSONHandler(io.Discard, nil))
 	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan *server.Server, 1)
+	ready := make(chan *gw.Server, 1)
 	done := make(chan error, 1)
-	go func() { done <- server.Serve(ctx, cfg, logger, func(s *server.Server) { ready <- s }) }()
-	var srv *server.Server
+	go func() { done <- gw.Serve(ctx, cfg, logger, func(s *gw.Server) { ready <- s }) }()
+	var srv *gw.Server
 	select {
 	case srv = <-ready:
 	case err := <-done:

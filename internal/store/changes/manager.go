@@ -2,8 +2,7 @@
 // persisting the stream's resume token in a TokenStore (Redis) so a restart continues where it stopped.
 //
 // The store knows no policy: what reacts to a change (membership-cache invalidation, events) is a Handler
-// the main wires in. MembershipInvalidator and MessageEvents are two ready handlers that depend only on
-// small interfaces.
+// handed in by whoever wires it (internal/watchers holds the platform's).
 //
 // Semantics (MongoDB change-streams specification):
 //   - Each watched collection has its own stream, opened with fullDocument: "updateLookup".

@@ -1,4 +1,4 @@
-package changes
+package watchers
 
 import (
 	"context"
@@ -8,7 +8,9 @@ import (
 	"go.mongodb.org/mongo-driver/v2/bson"
 
 	platformv1 "github.com/msgplatform/platform/gen/platform/v1"
+	"github.com/msgplatform/platform/internal/events"
 	"github.com/msgplatform/platform/internal/store"
+	"github.com/msgplatform/platform/internal/store/changes"
 )
 
 type fakeCache struct{ calls [][3]string }
@@ -25,15 +27,18 @@ func (f *fakePub) Publish(_ context.Context, ev *platformv1.Event) error {
 	return nil
 }
 
-func rawEvent(t *testing.T, op string, id any, full bson.D) Event {
+// rawEvent is the change event of op on the document with _id id (full: the document after the change).
+func rawEvent(t *testing.T, op string, id any, full bson.D) changes.Event {
 	t.Helper()
-	b, err := bson.Marshal(changeEvent(1, op, testDB, "x", id, full))
+	key, err := bson.Marshal(bson.D{{Key: "_id", Value: id}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ev, err := decodeEvent(b)
-	if err != nil {
-		t.Fatal(err)
+	ev := changes.Event{Database: "db", Collection: "x", OperationType: op, DocumentKey: key}
+	if full != nil {
+		if ev.FullDocument, err = bson.Marshal(full); err != nil {
+			t.Fatal(err)
+		}
 	}
 	return ev
 }
@@ -42,13 +47,13 @@ func TestMembershipInvalidator(t *testing.T) {
 	cache := &fakeCache{}
 	h := MembershipInvalidator{Cache: cache}
 	id := store.MembershipID("t/1", "c%1", "u1")
-	for _, op := range []string{OpInsert, OpUpdate, OpReplace, OpDelete, "drop"} {
+	for _, op := range []string{changes.OpInsert, changes.OpUpdate, changes.OpReplace, changes.OpDelete, "drop"} {
 		if err := h.Handle(context.Background(), rawEvent(t, op, id, nil)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	_ = h.Handle(context.Background(), rawEvent(t, OpDelete, "not-a-membership", nil))
-	_ = h.Handle(context.Background(), rawEvent(t, OpDelete, int32(7), nil))
+	_ = h.Handle(context.Background(), rawEvent(t, changes.OpDelete, "not-a-membership", nil))
+	_ = h.Handle(context.Background(), rawEvent(t, changes.OpDelete, int32(7), nil))
 	if len(cache.calls) != 4 {
 		t.Fatalf("invalidations = %v, want 4 (insert, update, replace, delete)", cache.calls)
 	}
@@ -75,13 +80,13 @@ func TestMessageEvents(t *testing.T) {
 	pub := &fakePub{}
 	h := MessageEvents{Publisher: pub}
 	ctx := context.Background()
-	for _, ev := range []Event{
-		rawEvent(t, OpInsert, "01JMSG", messageDocD("persisted", 1)),
-		rawEvent(t, OpUpdate, "01JMSG", messageDocD("persisted", 2)),
-		rawEvent(t, OpReplace, "01JMSG", messageDocD("deleted", 3)),
-		rawEvent(t, OpInsert, "01JMSG", messageDocD("accepted", 1)), // not persisted yet: skipped
-		rawEvent(t, OpUpdate, "01JMSG", nil),                        // no full document: skipped
-		rawEvent(t, OpDelete, "01JMSG", nil),                        // hard delete: skipped
+	for _, ev := range []changes.Event{
+		rawEvent(t, changes.OpInsert, "01JMSG", messageDocD("persisted", 1)),
+		rawEvent(t, changes.OpUpdate, "01JMSG", messageDocD("persisted", 2)),
+		rawEvent(t, changes.OpReplace, "01JMSG", messageDocD("deleted", 3)),
+		rawEvent(t, changes.OpInsert, "01JMSG", messageDocD("accepted", 1)), // not persisted yet: skipped
+		rawEvent(t, changes.OpUpdate, "01JMSG", nil),                        // no full document: skipped
+		rawEvent(t, changes.OpDelete, "01JMSG", nil),                        // hard delete: skipped
 	} {
 		if err := h.Handle(ctx, ev); err != nil {
 			t.Fatal(err)
@@ -108,7 +113,7 @@ func TestMessageEvents(t *testing.T) {
 	if pub.events[0].GetActorId() != "u1" || pub.events[0].GetRequestId() != "r1" {
 		t.Errorf("persisted event actor/request = %q/%q", pub.events[0].GetActorId(), pub.events[0].GetRequestId())
 	}
-	if MessageEventID("m", 1) != "m" || MessageEventID("m", 0) != "m" || MessageEventID("m", 12) != "m.v12" {
+	if events.MessageEventID("m", 1) != "m" || events.MessageEventID("m", 0) != "m" || events.MessageEventID("m", 12) != "m.v12" {
 		t.Error("MessageEventID scheme changed")
 	}
 }

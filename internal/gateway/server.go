@@ -2,7 +2,7 @@
 // the interceptor chain), the REST gateway that reaches it through a gRPC client connection (so REST runs
 // every interceptor too), /healthz and /readyz, and /metrics on its own port. services/gateway and
 // services/devstack both run exactly this.
-package server
+package gateway
 
 import (
 	"context"

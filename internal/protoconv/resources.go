@@ -1,6 +1,6 @@
 // Package resources converts store documents to platform.v1 API resources, for the API handlers and the
 // pipeline's events alike.
-package resources
+package protoconv
 
 import (
 	"time"

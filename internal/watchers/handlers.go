@@ -1,4 +1,4 @@
-package changes
+package watchers
 
 import (
 	"context"
@@ -8,8 +8,10 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	platformv1 "github.com/msgplatform/platform/gen/platform/v1"
-	"github.com/msgplatform/platform/internal/resources"
+	"github.com/msgplatform/platform/internal/events"
+	"github.com/msgplatform/platform/internal/protoconv"
 	"github.com/msgplatform/platform/internal/store"
+	"github.com/msgplatform/platform/internal/store/changes"
 )
 
 // Invalidator drops one cached membership (*authz.MembershipCache has this method).
@@ -17,17 +19,17 @@ type Invalidator interface {
 	Invalidate(ctx context.Context, tenantID, conversationID, userID string) error
 }
 
-// MembershipInvalidator is the Handler of the memberships collection: every insert, update, replace and
+// MembershipInvalidator is the changes.Handler of the memberships collection: every insert, update, replace and
 // delete invalidates the membership cache entry of (tenant, conversation, user), read from the document
 // key (store.ParseMembershipID), which every event carries, deletes included. It catches writes made
 // outside the API (migrations, manual fixes); the API invalidates on its own writes too, so a change is
 // usually invalidated twice, which is harmless. A document key that is not a membership id is skipped.
 type MembershipInvalidator struct{ Cache Invalidator }
 
-// Handle implements Handler.
-func (h MembershipInvalidator) Handle(ctx context.Context, ev Event) error {
+// Handle implements changes.Handler.
+func (h MembershipInvalidator) Handle(ctx context.Context, ev changes.Event) error {
 	switch ev.OperationType {
-	case OpInsert, OpUpdate, OpReplace, OpDelete:
+	case changes.OpInsert, changes.OpUpdate, changes.OpReplace, changes.OpDelete:
 	default:
 		return nil
 	}
@@ -50,22 +52,11 @@ type Publisher interface {
 	Publish(ctx context.Context, ev *platformv1.Event) error
 }
 
-// MessageEventID is the id of the event of a message at a version. Version 1 (as persisted by the
-// pipeline) is the message id itself, the id the pipeline's notify stage gives its MESSAGE_PERSISTED event;
-// later versions are "{message id}.v{version}". So the change stream's event and the writer's event of
-// the same change carry the same id, and consumers that deduplicate by event id see it once.
-func MessageEventID(messageID string, version int64) string {
-	if version <= 1 {
-		return messageID
-	}
-	return fmt.Sprintf("%s.v%d", messageID, version)
-}
-
-// MessageEvents is the Handler of the messages collection: for insert, update and replace it publishes
+// MessageEvents is the changes.Handler of the messages collection: for insert, update and replace it publishes
 // the message's state (the looked-up full document) to messages.events:
 //   - state persisted, version <= 1: EVENT_TYPE_MESSAGE_PERSISTED, id = message id (same as the pipeline's);
-//   - state deleted: EVENT_TYPE_MESSAGE_DELETED, id = MessageEventID(id, version);
-//   - otherwise: EVENT_TYPE_MESSAGE_UPDATED, id = MessageEventID(id, version).
+//   - state deleted: EVENT_TYPE_MESSAGE_DELETED, id = events.MessageEventID(id, version);
+//   - otherwise: EVENT_TYPE_MESSAGE_UPDATED, id = events.MessageEventID(id, version).
 //
 // With updateLookup the full document is the CURRENT one, possibly newer than the change: two updates in
 // quick succession may both yield the latest version, under the same event id, which dedupes them.
@@ -73,10 +64,10 @@ func MessageEventID(messageID string, version int64) string {
 // hard deletes (no document to describe; the API only soft-deletes), and documents that do not decode.
 type MessageEvents struct{ Publisher Publisher }
 
-// Handle implements Handler.
-func (h MessageEvents) Handle(ctx context.Context, ev Event) error {
+// Handle implements changes.Handler.
+func (h MessageEvents) Handle(ctx context.Context, ev changes.Event) error {
 	switch ev.OperationType {
-	case OpInsert, OpUpdate, OpReplace:
+	case changes.OpInsert, changes.OpUpdate, changes.OpReplace:
 	default:
 		return nil
 	}
@@ -88,10 +79,10 @@ func (h MessageEvents) Handle(ctx context.Context, ev Event) error {
 		return nil
 	}
 	out := &platformv1.Event{
-		Id:             MessageEventID(m.ID, m.Version),
+		Id:             events.MessageEventID(m.ID, m.Version),
 		TenantId:       m.TenantID,
 		ConversationId: m.ConversationID,
-		Payload:        &platformv1.Event_Message{Message: resources.MessageToProto(m)},
+		Payload:        &platformv1.Event_Message{Message: protoconv.MessageToProto(m)},
 	}
 	var at time.Time
 	switch {
