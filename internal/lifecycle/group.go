@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"time"
 )
 
@@ -34,9 +36,10 @@ func NewGroup(logger *slog.Logger) *Group {
 	return &Group{logger: logger}
 }
 
-// Add adds an actor. run must keep working until its context is cancelled, then finish what must be
-// finished (a batch in hand, in-flight calls) and return. Returning earlier, with an error or nil, stops
-// the whole group.
+// Add adds an actor. run keeps working until its context is cancelled, then finishes what must be
+// finished (a batch in hand, in-flight calls) and returns. Returning an error before that stops the whole
+// group; returning nil before that means the actor has nothing (more) to do (say, change streams the
+// server does not offer), and the others go on.
 func (g *Group) Add(name string, run func(ctx context.Context) error) {
 	g.actors = append(g.actors, actor{name: name, run: run})
 }
@@ -50,8 +53,8 @@ func (g *Group) Names() []string {
 	return names
 }
 
-// Run starts every actor and returns once all have stopped: after ctx ends, or after any actor returned
-// on its own. Then it stops them in order. It returns the errors of the actors that failed (an actor
+// Run starts every actor and returns once all have stopped: after ctx ends, or after an actor failed on
+// its own. Then it stops them in order. It returns the errors of the actors that failed (an actor
 // returning nil, or ctx's cancellation, is not a failure), each prefixed with the actor's name.
 func (g *Group) Run(ctx context.Context) error {
 	type exit struct {
@@ -76,15 +79,22 @@ func (g *Group) Run(ctx context.Context) error {
 		<-ctx.Done()
 		return nil
 	}
-	select {
-	case <-ctx.Done():
-		g.logger.Info("stopping", "order", g.Names())
-	case e := <-exits:
-		level := slog.LevelInfo
-		if e.err != nil && !errors.Is(e.err, context.Canceled) {
-			level = slog.LevelError
+	running := len(g.actors)
+wait:
+	for running > 0 {
+		select {
+		case <-ctx.Done():
+			g.logger.Info("stopping", "order", g.Names())
+			break wait
+		case e := <-exits:
+			running--
+			if e.err == nil || errors.Is(e.err, context.Canceled) {
+				g.logger.Info("finished its work", "actor", g.actors[e.i].name)
+				continue
+			}
+			g.logger.Error("an actor failed; stopping the others", "actor", g.actors[e.i].name, "error", e.err, "order", g.Names())
+			break wait
 		}
-		g.logger.Log(ctx, level, "an actor returned; stopping the others", "actor", g.actors[e.i].name, "error", e.err, "order", g.Names())
 	}
 	timedOut := make([]bool, len(g.actors))
 	for i, a := range g.actors {
@@ -114,4 +124,26 @@ func (g *Group) Run(ctx context.Context) error {
 		}
 	}
 	return errors.Join(failed...)
+}
+
+// ServeHTTP serves srv on lis until ctx ends, then shuts it down gracefully within timeout (closing what
+// is still open after that). It returns nil after a graceful stop, the serve error otherwise.
+func ServeHTTP(ctx context.Context, srv *http.Server, lis net.Listener, timeout time.Duration) error {
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(lis) }()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("serve http on %s: %w", lis.Addr(), err)
+		}
+		return nil
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		_ = srv.Close()
+	}
+	<-errc
+	return nil
 }
