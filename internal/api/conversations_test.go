@@ -30,7 +30,7 @@ func badRequestFields(err error) []string {
 }
 
 func TestConversationLifecycle(t *testing.T) {
-	g := startGateway(t, testenv.Kafka(t))
+	g := startGateway(t, testenv.Kafka(t), gatewayOnly)
 	alice, bob, carol := mint(t, "alice", "t1"), mint(t, "bob", "t1"), mint(t, "carol", "t1")
 
 	created, err := g.conv.CreateConversation(as(alice), &platformv1.CreateConversationRequest{Title: "  Launch  ", MemberIds: []string{"bob", "bob", "alice"}})
@@ -135,7 +135,7 @@ func TestConversationLifecycle(t *testing.T) {
 }
 
 func TestConversationValidation(t *testing.T) {
-	g := startGateway(t, testenv.Kafka(t))
+	g := startGateway(t, testenv.Kafka(t), gatewayOnly)
 	alice := mint(t, "alice", "t1")
 	tests := []struct {
 		name  string
@@ -171,7 +171,7 @@ func TestConversationValidation(t *testing.T) {
 // Pages fetched while conversations are being created neither skip nor repeat any that existed at the
 // start.
 func TestListConversationsPaginationUnderInserts(t *testing.T) {
-	g := startGateway(t, testenv.Kafka(t))
+	g := startGateway(t, testenv.Kafka(t), gatewayOnly)
 	alice := mint(t, "alice", "t1")
 	existing := map[string]bool{}
 	for i := range 7 {

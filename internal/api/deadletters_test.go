@@ -1,12 +1,9 @@
 package api_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/base64"
 	"fmt"
-	"io"
-	"log/slog"
 	"net/http"
 	"slices"
 	"strings"
@@ -15,155 +12,18 @@ import (
 	"time"
 
 	"github.com/oklog/ulid/v2"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/redis/go-redis/v9"
 	"github.com/twmb/franz-go/pkg/kgo"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	platformv1 "github.com/msgplatform/platform/gen/platform/v1"
-	"github.com/msgplatform/platform/internal/api"
-	"github.com/msgplatform/platform/internal/auth"
-	"github.com/msgplatform/platform/internal/authz"
-	"github.com/msgplatform/platform/internal/config"
-	"github.com/msgplatform/platform/internal/dlq"
 	"github.com/msgplatform/platform/internal/envelope"
-	"github.com/msgplatform/platform/internal/events"
 	"github.com/msgplatform/platform/internal/kafka"
-	"github.com/msgplatform/platform/internal/observability"
-	"github.com/msgplatform/platform/internal/pipeline"
-	gw "github.com/msgplatform/platform/internal/gateway"
 	"github.com/msgplatform/platform/internal/store"
 	"github.com/msgplatform/platform/internal/testenv"
 )
-
-// dlqGateway is a gateway serving ConversationService and DeadLetterService, built like gw.Serve builds
-// one (same interceptors, REST through the gRPC client connection), over kfake, FerretDB and a real Redis.
-type dlqGateway struct {
-	*gateway
-	cfg  config.Config
-	dls  platformv1.DeadLetterServiceClient
-	dlst *store.DeadLetters
-	logs *lockedBuf
-}
-
-// lockedBuf collects log lines written concurrently.
-type lockedBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-func startDLQGateway(t *testing.T) *dlqGateway {
-	t.Helper()
-	broker := testenv.Kafka(t)
-	mongoURI := testenv.SharedMongo(t)
-	db := testenv.MongoDatabase(t, mongoURI)
-	vars := map[string]string{
-		"GRPC_ADDR": "127.0.0.1:0", "HTTP_ADDR": "127.0.0.1:0", "METRICS_ADDR": "127.0.0.1:0",
-		"KAFKA_BROKERS": broker, "MONGO_URI": mongoURI, "MONGO_DATABASE": db, "REDIS_URL": testenv.Redis(t),
-		"AUTH_HMAC_SECRET": secret, "SHUTDOWN_DRAIN_DELAY": "0s", "SHUTDOWN_TIMEOUT": "5s", "KAFKA_PRODUCE_TIMEOUT": "2s",
-		"HEALTH_CHECK_INTERVAL": "1s", "KAFKA_SIGNING_KEYS": testenv.SigningKeysSpec,
-	}
-	cfg, err := config.Load(func(k string) string { return vars[k] })
-	if err != nil {
-		t.Fatal(err)
-	}
-	logs := &lockedBuf{}
-	logger := slog.New(slog.NewTextHandler(logs, nil))
-	ctx, cancel := context.WithCancel(context.Background())
-
-	client, err := store.Connect(ctx, mongoURI)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = client.Disconnect(context.Background()) })
-	st := store.New(client.Database(db))
-	dls := store.NewDeadLetters(client.Database(db))
-	if err := st.EnsureIndexes(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := dls.EnsureIndexes(ctx); err != nil {
-		t.Fatal(err)
-	}
-	ropts, err := redis.ParseURL(cfg.RedisURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rdb := redis.NewClient(ropts)
-	t.Cleanup(func() { _ = rdb.Close() })
-	producer, err := kafka.NewProducer(cfg.KafkaBrokers, cfg.ProduceTimeout)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(producer.Close)
-
-	reg := observability.NewRegistry()
-	verifier, err := auth.NewVerifier(auth.Config{HMACSecret: []byte(secret)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := authz.StoreDirectory{Store: st}
-	members, err := authz.NewMembershipCache(rdb, dir, authz.CacheConfig{}, reg, logger)
-	if err != nil {
-		t.Fatal(err)
-	}
-	authorizer, err := authz.NewAuthorizer(members, dir, reg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	publisher, err := events.NewPublisher(producer, cfg.KafkaSigningKeys, reg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	metrics, err := dlq.NewMetrics(reg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := gw.New(ctx, gw.Options{
-		Config: cfg, Logger: logger, Registry: reg, Verifier: verifier, Authorizer: authorizer,
-		Services: gw.Services{
-			Conversations: api.NewConversations(api.Deps{Store: st, Members: members, Events: publisher, Logger: logger}),
-			DeadLetters: api.NewDeadLetters(api.DeadLetterDeps{
-				Store: dls, Retrier: dlq.NewRetrier(dls, producer, metrics, logger, dlq.Config{}), Metrics: metrics, Logger: logger,
-			}),
-		},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("gateway: %v", err)
-		}
-	})
-	conn, err := grpc.NewClient(srv.GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = conn.Close() })
-	g := &gateway{conn: conn, rest: "http://" + srv.HTTPAddr(), metrics: "http://" + srv.MetricsAddr() + "/metrics", kafka: broker, st: st,
-		conv: platformv1.NewConversationServiceClient(conn), msgs: platformv1.NewMessageServiceClient(conn)}
-	return &dlqGateway{gateway: g, cfg: cfg, dls: platformv1.NewDeadLetterServiceClient(conn), dlst: dls, logs: logs}
-}
 
 // seq orders the seeded entries: each one fails a millisecond after the previous one.
 var (
@@ -201,7 +61,7 @@ func dl(tenant, stage, class string, st store.DeadLetterStatus, errMsg string, p
 	return d
 }
 
-func (g *dlqGateway) seed(t *testing.T, dls ...store.DeadLetter) []string {
+func (g *gateway) seed(t *testing.T, dls ...store.DeadLetter) []string {
 	t.Helper()
 	res, err := g.dlst.InsertMany(context.Background(), dls)
 	if err != nil {
@@ -224,7 +84,7 @@ func wantCode(t *testing.T, what string, err error, code codes.Code) {
 	}
 }
 
-func listIDs(t *testing.T, g *dlqGateway, ops string, f *platformv1.DeadLetterFilter) []string {
+func listIDs(t *testing.T, g *gateway, ops string, f *platformv1.DeadLetterFilter) []string {
 	t.Helper()
 	resp, err := g.dls.ListDeadLetters(as(ops), &platformv1.ListDeadLettersRequest{Filter: f, PageSize: 200})
 	if err != nil {
@@ -259,7 +119,7 @@ func republished(t *testing.T, broker string, values ...string) []*kgo.Record {
 }
 
 func TestDeadLetterService(t *testing.T) {
-	g := startDLQGateway(t)
+	g := startGateway(t, testenv.Kafka(t), gatewayOnly)
 	ops := mint(t, "oscar", "t1", "operator")
 
 	t.Run("list with filters and pages", func(t *testing.T) {
@@ -319,7 +179,7 @@ func TestDeadLetterService(t *testing.T) {
 		_, err = g.dls.ListDeadLetters(as(ops), &platformv1.ListDeadLettersRequest{Filter: &platformv1.DeadLetterFilter{Status: 42}})
 		wantCode(t, "unknown status", err, codes.InvalidArgument)
 
-		code, body := restCall(t, g.gateway, ops, "GET", "/v1/dead-letters?filter.tenantId=tl&filter.status=DEAD_LETTER_STATUS_PARKED&pageSize=1", "")
+		code, body := restCall(t, g, ops, "GET", "/v1/dead-letters?filter.tenantId=tl&filter.status=DEAD_LETTER_STATUS_PARKED&pageSize=1", "")
 		items, _ := body["deadLetters"].([]any)
 		if code != http.StatusOK || len(items) != 1 || items[0].(map[string]any)["id"] != b || body["nextPageToken"] == "" {
 			t.Errorf("REST list: %d %v", code, body)
@@ -343,7 +203,7 @@ func TestDeadLetterService(t *testing.T) {
 			x.GetHeaders()[envelope.HeaderDLQStage] != "persist" || x.GetFirstFailureTime() == nil || x.GetUpdateTime() == nil || string(x.GetKey()) != "conv-1" {
 			t.Errorf("text payload entry: %v", x)
 		}
-		code, body := restCall(t, g.gateway, ops, "GET", "/v1/dead-letters/"+ids[1], "")
+		code, body := restCall(t, g, ops, "GET", "/v1/dead-letters/"+ids[1], "")
 		y, _ := body["deadLetter"].(map[string]any)
 		if code != http.StatusOK || y["payloadText"] != "" || y["payload"] != base64.StdEncoding.EncodeToString([]byte{0xff, 0x00, 0x80}) ||
 			y["status"] != "DEAD_LETTER_STATUS_PARKED" || y["errorClass"] != "ERROR_CLASS_PERMANENT" || y["nextRetryTime"] != nil {
@@ -367,7 +227,7 @@ func TestDeadLetterService(t *testing.T) {
 		if x := resp.GetDeadLetter(); x.GetStatus() != platformv1.DeadLetterStatus_DEAD_LETTER_STATUS_RETRIED || x.GetId() != ids[0] {
 			t.Errorf("retried entry: %v", x)
 		}
-		code, body := restCall(t, g.gateway, ops, "POST", "/v1/dead-letters/"+ids[1]+":retry", "{}")
+		code, body := restCall(t, g, ops, "POST", "/v1/dead-letters/"+ids[1]+":retry", "{}")
 		if y, _ := body["deadLetter"].(map[string]any); code != http.StatusOK || y["status"] != "DEAD_LETTER_STATUS_RETRIED" {
 			t.Errorf("REST retry: %d %v", code, body)
 		}
@@ -424,7 +284,7 @@ func TestDeadLetterService(t *testing.T) {
 		}
 		_, err = g.dls.RetryDeadLetters(as(ops), &platformv1.RetryDeadLettersRequest{Filter: &platformv1.DeadLetterFilter{Status: platformv1.DeadLetterStatus_DEAD_LETTER_STATUS_PURGED}})
 		wantCode(t, "retry of purged entries", err, codes.InvalidArgument)
-		code, body := restCall(t, g.gateway, ops, "POST", "/v1/dead-letters:retry", `{"filter":{"tenantId":"tf","stage":"deserialize"}}`)
+		code, body := restCall(t, g, ops, "POST", "/v1/dead-letters:retry", `{"filter":{"tenantId":"tf","stage":"deserialize"}}`)
 		if code != http.StatusOK || body["requeuedCount"] != "1" {
 			t.Errorf("REST retry by filter: %d %v", code, body)
 		}
@@ -449,7 +309,7 @@ func TestDeadLetterService(t *testing.T) {
 		if _, err := g.dls.PurgeDeadLetter(as(ops), &platformv1.PurgeDeadLetterRequest{Id: ids[0]}); err != nil {
 			t.Errorf("purge again: %v", err)
 		}
-		code, _ := restCall(t, g.gateway, ops, "DELETE", "/v1/dead-letters/"+ids[1], "")
+		code, _ := restCall(t, g, ops, "DELETE", "/v1/dead-letters/"+ids[1], "")
 		if code != http.StatusOK {
 			t.Errorf("REST purge: %d", code)
 		}
@@ -464,7 +324,7 @@ func TestDeadLetterService(t *testing.T) {
 		wantCode(t, "purge with an empty filter", err, codes.InvalidArgument)
 		_, err = g.dls.PurgeDeadLetters(as(ops), &platformv1.PurgeDeadLettersRequest{All: true, Filter: &platformv1.DeadLetterFilter{Stage: "x"}})
 		wantCode(t, "purge with all and a filter", err, codes.InvalidArgument)
-		if code, body := restCall(t, g.gateway, ops, "POST", "/v1/dead-letters:purge", "{}"); code != http.StatusBadRequest {
+		if code, body := restCall(t, g, ops, "POST", "/v1/dead-letters:purge", "{}"); code != http.StatusBadRequest {
 			t.Errorf("REST purge with an empty body: %d %v", code, body)
 		}
 
@@ -472,7 +332,7 @@ func TestDeadLetterService(t *testing.T) {
 		if err != nil || resp.GetPurgedCount() != 1 {
 			t.Errorf("purge by filter = %v, %v; want 1 (two were purged already)", resp, err)
 		}
-		code, body := restCall(t, g.gateway, ops, "POST", "/v1/dead-letters:purge", `{"filter":{"tenantId":"tp","errorContains":"CONVERSATION"}}`)
+		code, body := restCall(t, g, ops, "POST", "/v1/dead-letters:purge", `{"filter":{"tenantId":"tp","errorContains":"CONVERSATION"}}`)
 		if code != http.StatusOK || body["purgedCount"] != "1" {
 			t.Errorf("REST purge by filter: %d %v", code, body)
 		}
@@ -480,7 +340,7 @@ func TestDeadLetterService(t *testing.T) {
 		if len(left) != 4 {
 			t.Errorf("%d purged entries of tp, want 4", len(left))
 		}
-		waitMetric(t, g.gateway, "platform_dlq_purged_total 5") // and one in "retry one"
+		waitMetric(t, g, "platform_dlq_purged_total 5") // and one in "retry one"
 		if !strings.Contains(g.logs.String(), `action="purge dead letters" operator=oscar operator_tenant=t1`) {
 			t.Errorf("purge by filter not logged with the operator")
 		}
@@ -506,7 +366,7 @@ func TestDeadLetterService(t *testing.T) {
 			resp.GetOldestPendingAge().AsDuration() < 2*time.Hour {
 			t.Errorf("stats = %v", resp)
 		}
-		code, body := restCall(t, g.gateway, ops, "GET", "/v1/dead-letters:stats?tenantId=ts", "")
+		code, body := restCall(t, g, ops, "GET", "/v1/dead-letters:stats?tenantId=ts", "")
 		if code != http.StatusOK || body["total"] != "5" {
 			t.Errorf("REST stats: %d %v", code, body)
 		}
@@ -567,11 +427,11 @@ func TestDeadLetterService(t *testing.T) {
 			{"POST", "/v1/dead-letters:purge", `{"all":true}`},
 			{"GET", "/v1/dead-letters:stats", ""},
 		} {
-			if code, body := restCall(t, g.gateway, user, r.method, r.path, r.body); code != http.StatusForbidden {
+			if code, body := restCall(t, g, user, r.method, r.path, r.body); code != http.StatusForbidden {
 				t.Errorf("REST %s %s as a user: %d %v", r.method, r.path, code, body)
 			}
 		}
-		if code, _ := restCall(t, g.gateway, "", "GET", "/v1/dead-letters", ""); code != http.StatusUnauthorized {
+		if code, _ := restCall(t, g, "", "GET", "/v1/dead-letters", ""); code != http.StatusUnauthorized {
 			t.Errorf("REST list without a token: %d", code)
 		}
 	})
@@ -581,41 +441,11 @@ func TestDeadLetterService(t *testing.T) {
 // messages.inbound, end as parked dead letters with the right stage and class; once the missing member is
 // added, retry by filter lands the message exactly once.
 func TestDeadLetterEndToEndThroughThePipeline(t *testing.T) {
-	g := startDLQGateway(t)
+	g := startGateway(t, testenv.Kafka(t), gatewayAndPipeline)
 	ops := mint(t, "oscar", "t1", "operator")
 	alice := mint(t, "alice", "te")
-	conv := newConversation(t, g.gateway, alice, "bob")
-
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-	pipe, err := pipeline.Open(ctx, g.cfg, pipeline.Config{}, prometheus.NewRegistry(), logger)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dq, err := dlq.Open(ctx, g.cfg, dlq.Config{Interval: 20 * time.Millisecond}, prometheus.NewRegistry(), logger)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		if err := pipe.Run(ctx); err != nil {
-			t.Errorf("pipeline: %v", err)
-		}
-	})
-	wg.Go(func() {
-		if err := dq.Run(ctx); err != nil {
-			t.Errorf("dlq: %v", err)
-		}
-	})
-	t.Cleanup(func() {
-		cancel()
-		wg.Wait()
-		closeCtx, cancelClose := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancelClose()
-		_ = pipe.Close(closeCtx)
-		_ = dq.Close(closeCtx)
-	})
+	conv := newConversation(t, g, alice, "bob")
+	ctx := context.Background()
 
 	producer, err := kafka.NewProducer([]string{g.kafka}, 5*time.Second)
 	if err != nil {
@@ -646,23 +476,19 @@ func TestDeadLetterEndToEndThroughThePipeline(t *testing.T) {
 
 	parked := &platformv1.DeadLetterFilter{Status: platformv1.DeadLetterStatus_DEAD_LETTER_STATUS_PARKED}
 	var entries []*platformv1.DeadLetter
-	deadline := time.Now().Add(60 * time.Second)
-	for len(entries) < 2 {
-		if time.Now().After(deadline) {
-			t.Fatalf("dead letters after 60s: %v", entries)
-		}
-		time.Sleep(20 * time.Millisecond)
+	testenv.Eventually(t, "both records parked as dead letters", 60*time.Second, func() bool {
 		resp, err := g.dls.ListDeadLetters(as(ops), &platformv1.ListDeadLettersRequest{Filter: parked})
 		if err != nil {
 			t.Fatal(err)
 		}
 		entries = resp.GetDeadLetters()
-	}
+		return len(entries) >= 2
+	})
 	byStage := map[string]*platformv1.DeadLetter{}
 	for _, e := range entries {
 		byStage[e.GetStage()] = e
 	}
-	undecodable, unauthorized := byStage[pipeline.StageDeserialize], byStage[pipeline.StageAuthorize]
+	undecodable, unauthorized := byStage[envelope.StageDeserialize], byStage[envelope.StageAuthorize]
 	if len(entries) != 2 || undecodable == nil || unauthorized == nil {
 		t.Fatalf("dead letters: %v", entries)
 	}
@@ -679,21 +505,15 @@ func TestDeadLetterEndToEndThroughThePipeline(t *testing.T) {
 		Role: platformv1.MemberRole_MEMBER_ROLE_MEMBER}); err != nil {
 		t.Fatal(err)
 	}
-	resp, err := g.dls.RetryDeadLetters(as(ops), &platformv1.RetryDeadLettersRequest{Filter: &platformv1.DeadLetterFilter{TenantId: "te", Stage: pipeline.StageAuthorize}})
+	resp, err := g.dls.RetryDeadLetters(as(ops), &platformv1.RetryDeadLettersRequest{Filter: &platformv1.DeadLetterFilter{TenantId: "te", Stage: envelope.StageAuthorize}})
 	if err != nil || resp.GetRequeuedCount() != 1 {
 		t.Fatalf("retry by filter = %v, %v", resp, err)
 	}
 	var m store.Message
-	for deadline := time.Now().Add(60 * time.Second); ; {
+	testenv.Eventually(t, "the message persisted after the retry", 60*time.Second, func() bool {
 		m, err = g.st.Messages.Get(context.Background(), "te", conv, in.GetId())
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("message not persisted after the retry: %v", err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return err == nil
+	})
 	if m.State != store.MessagePersisted || m.SenderID != "mallory" || m.Body != "let me in" {
 		t.Errorf("persisted %+v", m)
 	}

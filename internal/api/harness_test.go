@@ -1,12 +1,14 @@
 package api_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"io"
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -15,62 +17,55 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	platformv1 "github.com/msgplatform/platform/gen/platform/v1"
+	"github.com/msgplatform/platform/internal/app"
+	"github.com/msgplatform/platform/internal/app/apptest"
 	"github.com/msgplatform/platform/internal/auth"
-	"github.com/msgplatform/platform/internal/config"
-	gw "github.com/msgplatform/platform/internal/gateway"
 	"github.com/msgplatform/platform/internal/store"
 	"github.com/msgplatform/platform/internal/testenv"
 )
 
-var secret = "api-test-secret-0123456789abcdef-0123456789"
+// Roles of the processes the tests start: the gateway alone, or with the pipeline (ingest, DLQ processor
+// and scheduler, watchers) in the same process, as the devstack runs them.
+var (
+	gatewayOnly        = app.Roles{Gateway: true}
+	gatewayAndPipeline = app.Roles{Gateway: true, Pipeline: true}
+)
 
-// gateway is a gateway started through the production wiring (gw.Serve) on free ports, over kfake,
-// FerretDB and a real redis-server.
+// gateway is a platform process started through the production composition root (app.Run, by
+// apptest.Start) on free ports, over the Kafka at kafka, FerretDB and a real redis-server, with clients
+// of each API, handles on its database and its logs.
 type gateway struct {
 	conn    *grpc.ClientConn
-	rest    string
-	metrics string
+	rest    string // base URL
+	metrics string // /metrics URL
 	kafka   string
 	st      *store.Store
+	dlst    *store.DeadLetters
 	conv    platformv1.ConversationServiceClient
 	msgs    platformv1.MessageServiceClient
+	dls     platformv1.DeadLetterServiceClient
+	logs    *lockedBuf // the process's log lines (text handler)
 }
 
-func startGateway(t *testing.T, kafkaAddr string) *gateway {
+// startGateway starts a process with roles (the gateway's among them) over kafkaAddr; it stops when
+// the test ends.
+func startGateway(t *testing.T, kafkaAddr string, roles app.Roles) *gateway {
 	t.Helper()
 	mongoURI := testenv.SharedMongo(t)
 	db := testenv.MongoDatabase(t, mongoURI)
-	vars := map[string]string{
-		"GRPC_ADDR": "127.0.0.1:0", "HTTP_ADDR": "127.0.0.1:0", "METRICS_ADDR": "127.0.0.1:0",
+	cfg := testenv.Config(t, map[string]string{
 		"KAFKA_BROKERS": kafkaAddr, "MONGO_URI": mongoURI, "MONGO_DATABASE": db, "REDIS_URL": testenv.Redis(t),
-		"AUTH_HMAC_SECRET": secret, "SHUTDOWN_DRAIN_DELAY": "0s", "SHUTDOWN_TIMEOUT": "5s", "KAFKA_PRODUCE_TIMEOUT": "2s",
-		"HEALTH_CHECK_INTERVAL": "1s", "KAFKA_SIGNING_KEYS": testenv.SigningKeysSpec,
-	}
-	cfg, err := config.Load(func(k string) string { return vars[k] })
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan *gw.Server, 1)
-	done := make(chan error, 1)
-	go func() {
-		done <- gw.Serve(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), func(s *gw.Server) { ready <- s })
-	}()
-	var srv *gw.Server
-	select {
-	case srv = <-ready:
-	case err := <-done:
-		t.Fatalf("gateway did not start: %v", err)
-	case <-time.After(60 * time.Second):
-		t.Fatal("gateway not ready after 60s")
-	}
+		"KAFKA_PRODUCE_TIMEOUT": "2s",
+	})
+	logs := &lockedBuf{}
+	p := apptest.Start(t, cfg, roles, slog.New(slog.NewTextHandler(logs, nil)))
 	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("gateway shutdown: %v", err)
+		if t.Failed() {
+			t.Logf("process logs:\n%s", logs.String())
 		}
 	})
-	conn, err := grpc.NewClient(srv.GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+
+	conn, err := grpc.NewClient(p.GRPC, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,8 +75,28 @@ func startGateway(t *testing.T, kafkaAddr string) *gateway {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = client.Disconnect(context.Background()) })
-	return &gateway{conn: conn, rest: "http://" + srv.HTTPAddr(), metrics: "http://" + srv.MetricsAddr() + "/metrics", kafka: kafkaAddr, st: store.New(client.Database(db)),
-		conv: platformv1.NewConversationServiceClient(conn), msgs: platformv1.NewMessageServiceClient(conn)}
+	return &gateway{conn: conn, rest: "http://" + p.HTTP, metrics: "http://" + p.Metrics + "/metrics", kafka: kafkaAddr,
+		st: store.New(client.Database(db)), dlst: store.NewDeadLetters(client.Database(db)),
+		conv: platformv1.NewConversationServiceClient(conn), msgs: platformv1.NewMessageServiceClient(conn),
+		dls: platformv1.NewDeadLetterServiceClient(conn), logs: logs}
+}
+
+// lockedBuf collects log lines written concurrently.
+type lockedBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuf) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuf) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 func mint(t *testing.T, sub, tenant string, roles ...string) string {
@@ -89,7 +104,7 @@ func mint(t *testing.T, sub, tenant string, roles ...string) string {
 	if len(roles) == 0 {
 		roles = []string{"user"}
 	}
-	tok, err := auth.MintHS256([]byte(secret), auth.Principal{Subject: sub, TenantID: tenant, Roles: roles}, time.Hour, "", "")
+	tok, err := auth.MintHS256([]byte(testenv.TestHMACSecret), auth.Principal{Subject: sub, TenantID: tenant, Roles: roles}, time.Hour, "", "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,21 +157,18 @@ func persist(t *testing.T, g *gateway, msgs ...store.Message) {
 // waitMetric polls /metrics until a line equals want.
 func waitMetric(t *testing.T, g *gateway, want string) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	testenv.Eventually(t, "metric line "+want, 10*time.Second, func() bool {
 		resp, err := http.Get(g.metrics)
-		if err == nil {
-			b, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			for _, line := range strings.Split(string(b), "\n") {
-				if line == want {
-					return
-				}
+		if err != nil {
+			return false
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		for _, line := range strings.Split(string(b), "\n") {
+			if line == want {
+				return true
 			}
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("metric line %q not seen within 10s", want)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return false
+	})
 }

@@ -17,8 +17,8 @@ import (
 	"github.com/msgplatform/platform/internal/authz"
 	"github.com/msgplatform/platform/internal/envelope"
 	"github.com/msgplatform/platform/internal/events"
-	"github.com/msgplatform/platform/internal/requestid"
 	"github.com/msgplatform/platform/internal/protoconv"
+	"github.com/msgplatform/platform/internal/requestid"
 	"github.com/msgplatform/platform/internal/stream"
 )
 
@@ -281,7 +281,7 @@ func (s *Messages) forward(ctx context.Context, p auth.Principal, ev *platformv1
 		}
 		return nil
 	case platformv1.EventType_EVENT_TYPE_MESSAGE_PERSISTED, platformv1.EventType_EVENT_TYPE_MESSAGE_UPDATED, platformv1.EventType_EVENT_TYPE_MESSAGE_DELETED:
-		if err := s.authz.Authorize(ctx, p, authz.Request{Permission: authz.MessageRead, ConversationID: ev.GetConversationId(), RequireMembership: true}); err != nil {
+		if err := authz.Status(s.authz.Decide(ctx, p, authz.Request{Permission: authz.MessageRead, ConversationID: ev.GetConversationId(), RequireMembership: true})); err != nil {
 			return err
 		}
 		return srv.Send(&platformv1.StreamMessagesResponse{Type: ev.GetType(), Message: ev.GetMessage()})

@@ -57,7 +57,7 @@ func inbound(t *testing.T, broker string, want int) []*kgo.Record {
 }
 
 func TestSendMessagePublishesTheEnvelope(t *testing.T) {
-	g := startGateway(t, testenv.Kafka(t))
+	g := startGateway(t, testenv.Kafka(t), gatewayOnly)
 	alice, bob := mint(t, "alice", "t1"), mint(t, "bob", "t1")
 	conv := newConversation(t, g, alice, "bob")
 
@@ -82,7 +82,7 @@ func TestSendMessagePublishesTheEnvelope(t *testing.T) {
 
 // Concurrent retries with one client_message_id get one id back and publish one record.
 func TestSendMessageIdempotentUnderConcurrentRetries(t *testing.T) {
-	g := startGateway(t, testenv.Kafka(t))
+	g := startGateway(t, testenv.Kafka(t), gatewayOnly)
 	alice := mint(t, "alice", "t1")
 	conv := newConversation(t, g, alice)
 	const retries = 12
@@ -118,7 +118,7 @@ func TestSendMessageIdempotentUnderConcurrentRetries(t *testing.T) {
 }
 
 func TestSendMessageValidation(t *testing.T) {
-	g := startGateway(t, testenv.Kafka(t))
+	g := startGateway(t, testenv.Kafka(t), gatewayOnly)
 	alice := mint(t, "alice", "t1")
 	conv := newConversation(t, g, alice)
 	many := map[string]string{}
@@ -157,7 +157,7 @@ func TestSendMessageKafkaUnavailable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := startGateway(t, k.Addr())
+	g := startGateway(t, k.Addr(), gatewayOnly)
 	alice := mint(t, "alice", "t1")
 	conv := newConversation(t, g, alice)
 	if _, err := g.msgs.SendMessage(as(alice), &platformv1.SendMessageRequest{ConversationId: conv, Body: "before"}); err != nil {
@@ -175,7 +175,7 @@ func TestSendMessageKafkaUnavailable(t *testing.T) {
 }
 
 func TestMessageReadEditDelete(t *testing.T) {
-	g := startGateway(t, testenv.Kafka(t))
+	g := startGateway(t, testenv.Kafka(t), gatewayOnly)
 	alice, bob, vic := mint(t, "alice", "t1"), mint(t, "bob", "t1"), mint(t, "vic", "t1")
 	conv := newConversation(t, g, alice, "bob")
 	if _, err := g.conv.AddMember(as(alice), &platformv1.AddMemberRequest{ConversationId: conv, UserId: "vic", Role: platformv1.MemberRole_MEMBER_ROLE_VIEWER}); err != nil {
@@ -230,7 +230,7 @@ func TestMessageReadEditDelete(t *testing.T) {
 }
 
 func TestListMessagesPaginationUnderInserts(t *testing.T) {
-	g := startGateway(t, testenv.Kafka(t))
+	g := startGateway(t, testenv.Kafka(t), gatewayOnly)
 	alice := mint(t, "alice", "t1")
 	conv := newConversation(t, g, alice)
 	existing := map[string]bool{}
@@ -268,7 +268,7 @@ func TestListMessagesPaginationUnderInserts(t *testing.T) {
 
 // Every read path of another tenant's conversation is NOT_FOUND, never PERMISSION_DENIED.
 func TestTenantIsolation(t *testing.T) {
-	g := startGateway(t, testenv.Kafka(t))
+	g := startGateway(t, testenv.Kafka(t), gatewayOnly)
 	alice, eve := mint(t, "alice", "t1"), mint(t, "alice", "t2") // same user id, other tenant
 	conv := newConversation(t, g, alice)
 	persist(t, g, store.Message{ID: "01HB0000000000000000000001", TenantID: "t1", ConversationID: conv, SenderID: "alice", Body: "secret"})
@@ -301,7 +301,7 @@ func TestTenantIsolation(t *testing.T) {
 // A stream receives, in order, what another client does; over gRPC and over REST (newline-delimited
 // JSON); a member removed mid-stream stops receiving.
 func TestStreamMessages(t *testing.T) {
-	g := startGateway(t, testenv.Kafka(t))
+	g := startGateway(t, testenv.Kafka(t), gatewayOnly)
 	alice, bob := mint(t, "alice", "t1"), mint(t, "bob", "t1")
 	conv := newConversation(t, g, alice, "bob")
 	persist(t, g, store.Message{ID: "01HC0000000000000000000001", TenantID: "t1", ConversationID: conv, SenderID: "alice", Body: "v1"})

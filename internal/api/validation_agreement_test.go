@@ -18,7 +18,7 @@ import (
 // internal/pipeline TestValidationAgreesWithTheAPI, runs the same rows through its stages); what it
 // refuses gets the status the row names, and nothing is published.
 func TestSendMessageValidationAgreesWithThePipeline(t *testing.T) {
-	g := startGateway(t, testenv.Kafka(t))
+	g := startGateway(t, testenv.Kafka(t), gatewayOnly)
 	keys := testenv.SigningKeys(t)
 	accepted := map[string]string{} // message id → case
 	for i, c := range envelopetest.SendCases() {

@@ -24,6 +24,63 @@ type Request struct {
 	RequireMembership bool
 	Ownership         platformv1.Ownership
 	OwnerValue        string // message id (OWNERSHIP_MESSAGE_AUTHOR) or user id (OWNERSHIP_SELF)
+	// Directory answers membership on a cache miss instead of the Authorizer's own (the pipeline passes
+	// the reads of the batch in hand); nil uses the Authorizer's.
+	Directory Directory
+}
+
+// Effect is what a Decision says.
+type Effect uint8
+
+// Effects. Only Allow lets the call through; the others say why not, so each caller maps them to its own
+// vocabulary (the interceptor to gRPC codes, the pipeline to error classes) without parsing messages.
+const (
+	Allow       Effect = iota
+	Deny               // the conversation exists, but the caller may not
+	NotFound           // no such conversation (or message) in the caller's tenant: existence never leaks
+	Invalid            // the request lacks what the decision needs (a conversation or message id)
+	Unavailable        // membership or authorship cannot be checked right now: fail closed
+)
+
+var effectNames = [...]string{Allow: "allow", Deny: "deny", NotFound: "not_found", Invalid: "invalid", Unavailable: "unavailable"}
+
+func (e Effect) String() string {
+	if int(e) < len(effectNames) {
+		return effectNames[e]
+	}
+	return "unknown"
+}
+
+// Decision is the answer to a Request: an effect and, unless allowed, why (safe to show the caller).
+type Decision struct {
+	Effect Effect
+	Reason string
+}
+
+// Allowed reports whether the decision lets the call through.
+func (d Decision) Allowed() bool { return d.Effect == Allow }
+
+func allow() Decision { return Decision{Effect: Allow} }
+
+func decision(e Effect, format string, args ...any) Decision {
+	return Decision{Effect: e, Reason: fmt.Sprintf(format, args...)}
+}
+
+// Status maps a decision to the gRPC status the API answers: nil when allowed, else PERMISSION_DENIED,
+// NOT_FOUND, INVALID_ARGUMENT or UNAVAILABLE with the reason.
+func Status(d Decision) error {
+	switch d.Effect {
+	case Allow:
+		return nil
+	case NotFound:
+		return status.Error(codes.NotFound, d.Reason)
+	case Invalid:
+		return status.Error(codes.InvalidArgument, d.Reason)
+	case Unavailable:
+		return status.Error(codes.Unavailable, d.Reason)
+	default:
+		return status.Error(codes.PermissionDenied, d.Reason)
+	}
 }
 
 // Authorizer makes the decisions. The interceptor and the pipeline's authorize stage both call it.
@@ -33,14 +90,14 @@ type Authorizer struct {
 
 	decisions *prometheus.CounterVec
 	duration  prometheus.Histogram
-	// counted holds the decisions counter of every permission × the codes decide returns, resolved once
-	// (and so present in /metrics from the start): label hashing is not on every call's path.
+	// counted holds the decisions counter of every permission × effect, resolved once (and so present in
+	// /metrics from the start): label hashing is not on every call's path.
 	counted map[decisionKey]prometheus.Counter
 }
 
 type decisionKey struct {
-	perm Permission
-	code codes.Code
+	perm   Permission
+	effect Effect
 }
 
 // NewAuthorizer returns an Authorizer using members for membership and dir for message authors.
@@ -49,7 +106,7 @@ func NewAuthorizer(members *MembershipCache, dir Directory, reg prometheus.Regis
 		members: members, dir: dir,
 		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: observability.Namespace, Subsystem: "authz", Name: "decisions_total",
-			Help: "Authorization decisions by permission and result (gRPC code name).",
+			Help: "Authorization decisions by permission and result (allow, deny, not_found, invalid, unavailable).",
 		}, []string{"permission", "result"}),
 		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: observability.Namespace, Subsystem: "authz", Name: "decision_duration_seconds",
@@ -59,8 +116,8 @@ func NewAuthorizer(members *MembershipCache, dir Directory, reg prometheus.Regis
 	}
 	a.counted = map[decisionKey]prometheus.Counter{}
 	for _, perm := range allPermissions {
-		for _, code := range []codes.Code{codes.OK, codes.InvalidArgument, codes.NotFound, codes.PermissionDenied, codes.Unavailable} {
-			a.counted[decisionKey{perm, code}] = a.decisions.WithLabelValues(string(perm), code.String())
+		for e := range Effect(len(effectNames)) {
+			a.counted[decisionKey{perm, e}] = a.decisions.WithLabelValues(string(perm), e.String())
 		}
 	}
 	for _, col := range []prometheus.Collector{a.decisions, a.duration} {
@@ -71,88 +128,82 @@ func NewAuthorizer(members *MembershipCache, dir Directory, reg prometheus.Regis
 	return a, nil
 }
 
-// Authorize returns nil when allowed, else a gRPC status error: NOT_FOUND for a conversation (or
-// message) that does not exist in the caller's tenant, so existence never leaks across tenants;
-// PERMISSION_DENIED when it exists but the caller may not; UNAVAILABLE when membership cannot be checked
-// (fail closed); INVALID_ARGUMENT when the request lacks the conversation id.
-func (a *Authorizer) Authorize(ctx context.Context, p auth.Principal, req Request) error {
+// Decide answers req for p. NotFound for a conversation (or message) that does not exist in the caller's
+// tenant, so existence never leaks across tenants; Deny when it exists but the caller may not;
+// Unavailable when membership cannot be checked (fail closed); Invalid when the request lacks the
+// conversation id.
+func (a *Authorizer) Decide(ctx context.Context, p auth.Principal, req Request) Decision {
 	start := time.Now()
-	err := a.decide(ctx, start, p, req)
+	d := a.decide(ctx, start, p, req)
 	a.duration.Observe(time.Since(start).Seconds())
-	code := status.Code(err)
-	if c, ok := a.counted[decisionKey{req.Permission, code}]; ok {
+	if c, ok := a.counted[decisionKey{req.Permission, d.Effect}]; ok {
 		c.Inc()
 	} else {
-		a.decisions.WithLabelValues(string(req.Permission), code.String()).Inc()
+		a.decisions.WithLabelValues(string(req.Permission), d.Effect.String()).Inc()
 	}
-	return err
+	return d
 }
 
-// CanSend is the pipeline's question: may sender still send to the conversation?
-func (a *Authorizer) CanSend(ctx context.Context, sender auth.Principal, conversationID string) error {
-	return a.Authorize(ctx, sender, Request{Permission: MessageSend, ConversationID: conversationID, RequireMembership: true})
-}
-
-func (a *Authorizer) decide(ctx context.Context, now time.Time, p auth.Principal, req Request) error {
+func (a *Authorizer) decide(ctx context.Context, now time.Time, p auth.Principal, req Request) Decision {
 	if !req.RequireMembership && req.ConversationID == "" {
 		if platformGrant(p.Roles, req.Permission) {
-			return nil
+			return allow()
 		}
-		return status.Errorf(codes.PermissionDenied, "permission %s requires one of the platform roles that grant it", req.Permission)
+		return decision(Deny, "permission %s requires one of the platform roles that grant it", req.Permission)
 	}
 	if req.ConversationID == "" {
-		return status.Error(codes.InvalidArgument, "conversation id is required")
+		return decision(Invalid, "conversation id is required")
 	}
-	m, err := a.members.lookupAt(ctx, now, p.TenantID, req.ConversationID, p.Subject)
+	m, err := a.members.lookupAt(ctx, now, req.Directory, p.TenantID, req.ConversationID, p.Subject)
 	if err != nil {
-		return status.Error(codes.Unavailable, "cannot check conversation membership right now; retry later")
+		return decision(Unavailable, "cannot check conversation membership right now; retry later")
 	}
 	if !m.ConversationExists {
-		return status.Error(codes.NotFound, "conversation not found")
+		return decision(NotFound, "conversation not found")
 	}
 	// A service acts on every conversation of its own tenant (Lookup is tenant-scoped) without membership.
 	if p.HasRole(PlatformService) && platformGrant([]string{PlatformService}, req.Permission) {
-		return nil
+		return allow()
 	}
 	if m.Role == "" {
 		if !req.RequireMembership && platformGrant(p.Roles, req.Permission) {
-			return nil
+			return allow()
 		}
-		return status.Error(codes.PermissionDenied, "not a member of this conversation")
+		return decision(Deny, "not a member of this conversation")
 	}
 	switch ConversationRoles[m.Role][req.Permission] {
 	case Allowed:
-		return nil
+		return allow()
 	case OwnOnly:
 		return a.checkOwnership(ctx, p, req, m.Role)
 	default:
-		return status.Errorf(codes.PermissionDenied, "role %s may not %s", m.Role, req.Permission)
+		return decision(Deny, "role %s may not %s", m.Role, req.Permission)
 	}
 }
 
-func (a *Authorizer) checkOwnership(ctx context.Context, p auth.Principal, req Request, role store.Role) error {
+func (a *Authorizer) checkOwnership(ctx context.Context, p auth.Principal, req Request, role store.Role) Decision {
 	switch req.Ownership {
 	case platformv1.Ownership_OWNERSHIP_SELF:
 		if req.OwnerValue == p.Subject {
-			return nil
+			return allow()
 		}
-		return status.Errorf(codes.PermissionDenied, "role %s may %s only for itself", role, req.Permission)
+		return decision(Deny, "role %s may %s only for itself", role, req.Permission)
 	case platformv1.Ownership_OWNERSHIP_MESSAGE_AUTHOR:
 		if req.OwnerValue == "" {
-			return status.Error(codes.InvalidArgument, "message id is required")
+			return decision(Invalid, "message id is required")
 		}
 		author, err := a.dir.MessageAuthor(ctx, p.TenantID, req.ConversationID, req.OwnerValue)
 		switch {
 		case errors.Is(err, store.ErrNotFound):
-			return status.Error(codes.NotFound, "message not found")
+			return decision(NotFound, "message not found")
 		case err != nil:
-			return status.Error(codes.Unavailable, "cannot check the message's author right now; retry later")
+			return decision(Unavailable, "cannot check the message's author right now; retry later")
 		case author != p.Subject:
-			return status.Errorf(codes.PermissionDenied, "only the author may %s with role %s", req.Permission, role)
+			return decision(Deny, "only the author may %s with role %s", req.Permission, role)
 		}
-		return nil
+		return allow()
 	default:
-		return status.Errorf(codes.PermissionDenied, "role %s may %s only on its own resources", role, req.Permission)
+		return decision(Deny, "role %s may %s only on its own resources", role, req.Permission)
 	}
 }
 

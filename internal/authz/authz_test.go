@@ -186,7 +186,10 @@ func newHarnessWith(t testing.TB, cfg authz.CacheConfig, redisAddr string) *harn
 	}
 	access := authz.NewInterceptor(verifier, authorizer)
 	h.access = access
-	gs := grpc.NewServer(grpc.UnaryInterceptor(access.Unary()), grpc.StreamInterceptor(access.Stream()))
+	gs := grpc.NewServer(
+		grpc.ChainUnaryInterceptor(access.AuthenticateUnary(), access.AuthorizeUnary()),
+		grpc.ChainStreamInterceptor(access.AuthenticateStream(), access.AuthorizeStream()),
+	)
 	for _, sd := range []grpc.ServiceDesc{platformv1.ConversationService_ServiceDesc, platformv1.MessageService_ServiceDesc,
 		platformv1.DeadLetterService_ServiceDesc, platformv1.HealthService_ServiceDesc} {
 		desc := succeeding(sd)
@@ -422,9 +425,4 @@ func valueAt(m protoreflect.Message, path string) string {
 		m = m.Get(m.Descriptor().Fields().ByName(protoreflect.Name(p))).Message()
 	}
 	return m.Get(m.Descriptor().Fields().ByName(protoreflect.Name(parts[len(parts)-1]))).String()
-}
-
-// as returns a context carrying tok as the bearer token.
-func as(tok string) context.Context {
-	return metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+tok)
 }

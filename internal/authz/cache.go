@@ -161,12 +161,16 @@ func Key(tenantID, conversationID, userID string) string {
 // Lookup returns the membership, from the in-process cache or Redis when they have it, else from the
 // Directory. An error means neither Redis nor the Directory could answer: callers must fail closed.
 func (c *MembershipCache) Lookup(ctx context.Context, tenantID, conversationID, userID string) (Membership, error) {
-	return c.lookupAt(ctx, time.Now(), tenantID, conversationID, userID)
+	return c.lookupAt(ctx, time.Now(), nil, tenantID, conversationID, userID)
 }
 
-// lookupAt is Lookup with the caller's clock reading (the Authorizer has one): an in-process hit then
-// reads no clock at all, and is counted but not timed.
-func (c *MembershipCache) lookupAt(ctx context.Context, now time.Time, tenantID, conversationID, userID string) (Membership, error) {
+// lookupAt is Lookup with the caller's clock reading (the Authorizer has one: an in-process hit then
+// reads no clock at all, and is counted but not timed) and the Directory to read on a miss (nil: the
+// cache's own).
+func (c *MembershipCache) lookupAt(ctx context.Context, now time.Time, dir Directory, tenantID, conversationID, userID string) (Membership, error) {
+	if dir == nil {
+		dir = c.dir
+	}
 	k := memberKey{tenantID, conversationID, userID}
 	if c.l1 != nil {
 		if m, ok := c.l1.get(k, now); ok {
@@ -192,7 +196,7 @@ func (c *MembershipCache) lookupAt(ctx context.Context, now time.Time, tenantID,
 		}
 	case err != nil && !errors.Is(err, redis.Nil):
 		c.errGet.Inc()
-		m, derr := c.dir.Membership(ctx, tenantID, conversationID, userID)
+		m, derr := dir.Membership(ctx, tenantID, conversationID, userID)
 		if derr != nil {
 			c.lookupErr.Inc()
 			return Membership{}, fmt.Errorf("membership lookup: redis: %v; mongodb: %w", err, derr)
@@ -201,7 +205,7 @@ func (c *MembershipCache) lookupAt(ctx context.Context, now time.Time, tenantID,
 		return m, nil
 	}
 
-	m, err := c.dir.Membership(ctx, tenantID, conversationID, userID)
+	m, err := dir.Membership(ctx, tenantID, conversationID, userID)
 	if err != nil {
 		c.lookupErr.Inc()
 		return Membership{}, fmt.Errorf("membership lookup: %w", err)

@@ -15,6 +15,7 @@ import (
 	"github.com/msgplatform/platform/internal/auth"
 	"github.com/msgplatform/platform/internal/authz"
 	"github.com/msgplatform/platform/internal/store"
+	"github.com/msgplatform/platform/internal/testenv"
 )
 
 func getConversation(t *testing.T, h *harness, p auth.Principal) codes.Code {
@@ -119,13 +120,9 @@ func TestCacheOutages(t *testing.T) {
 
 	h.mongo.Start()
 	h.redisSrv.Start()
-	deadline := time.Now().Add(20 * time.Second)
-	for getConversation(t, h, mia) != codes.OK {
-		if time.Now().After(deadline) {
-			t.Fatal("member still refused 20s after Redis and MongoDB came back")
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	testenv.Eventually(t, "the member allowed again after Redis and MongoDB came back", 20*time.Second, func() bool {
+		return getConversation(t, h, mia) == codes.OK
+	})
 }
 
 // A lookup racing an invalidation must not write the old answer back: while the guard stands the

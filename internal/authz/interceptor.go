@@ -10,7 +10,6 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/msgplatform/platform/internal/auth"
-	"github.com/msgplatform/platform/internal/requestid"
 )
 
 // TokenVerifier turns a bearer token into a principal (auth.Verifier).
@@ -18,11 +17,18 @@ type TokenVerifier interface {
 	Verify(token string) (auth.Principal, error)
 }
 
-// Interceptor authenticates and authorizes every call by the rule table.
+// Interceptor enforces the rule table in two steps, each its own interceptor so the chain can log
+// between them: Authenticate (who is calling: the bearer token of every non-public method, the principal
+// put in the context) and Authorize (may they: the method's rule decided by the Authorizer). The
+// gateway chains them as requestid → metrics → Authenticate → logging → Authorize → recovery, so a call's
+// log line names its caller and a call without a valid token never reaches a handler.
 type Interceptor struct {
 	rules    Rules // nil until LoadRules: every call is denied
 	verifier TokenVerifier
 	authz    *Authorizer
+	// OnUnauthenticated, when set, hears of every call refused for want of a valid token (the reason is
+	// safe to log: it never repeats the token).
+	OnUnauthenticated func(ctx context.Context, method string, err error)
 }
 
 // NewInterceptor returns the interceptor. It denies every call until LoadRules succeeds.
@@ -41,10 +47,34 @@ func (i *Interceptor) LoadRules(services map[string]grpc.ServiceInfo) error {
 	return nil
 }
 
-// Unary enforces the rules on unary calls.
-func (i *Interceptor) Unary() grpc.UnaryServerInterceptor {
+// AuthenticateUnary authenticates unary calls.
+func (i *Interceptor) AuthenticateUnary() grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		rule, ctx, err := i.authenticate(ctx, info.FullMethod)
+		ctx, err := i.authenticate(ctx, info.FullMethod)
+		if err != nil {
+			return nil, err
+		}
+		return handler(ctx, req)
+	}
+}
+
+// AuthenticateStream authenticates streaming calls before anything is read from them.
+func (i *Interceptor) AuthenticateStream() grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		ctx, err := i.authenticate(ss.Context(), info.FullMethod)
+		if err != nil {
+			return err
+		}
+		wrapped := middleware.WrapServerStream(ss)
+		wrapped.WrappedContext = ctx
+		return handler(srv, wrapped)
+	}
+}
+
+// AuthorizeUnary decides unary calls by their rule.
+func (i *Interceptor) AuthorizeUnary() grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		rule, err := i.rule(info.FullMethod)
 		if err != nil {
 			return nil, err
 		}
@@ -57,57 +87,64 @@ func (i *Interceptor) Unary() grpc.UnaryServerInterceptor {
 	}
 }
 
-// Stream enforces the rules on streaming calls: the caller is authenticated before anything is read,
-// and authorized on the first request message, before the handler sees it.
-func (i *Interceptor) Stream() grpc.StreamServerInterceptor {
+// AuthorizeStream decides streaming calls on their first request message, before the handler sees it.
+func (i *Interceptor) AuthorizeStream() grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-		rule, ctx, err := i.authenticate(ss.Context(), info.FullMethod)
+		rule, err := i.rule(info.FullMethod)
 		if err != nil {
 			return err
 		}
-		wrapped := middleware.WrapServerStream(ss)
-		wrapped.WrappedContext = ctx
 		if rule.Public {
-			return handler(srv, wrapped)
+			return handler(srv, ss)
 		}
-		return handler(srv, &authorizingStream{WrappedServerStream: wrapped, check: func(m any) error {
+		ctx := ss.Context()
+		return handler(srv, &authorizingStream{WrappedServerStream: middleware.WrapServerStream(ss), check: func(m any) error {
 			return i.authorize(ctx, rule, m)
 		}})
 	}
 }
 
-// authenticate finds the method's rule and, unless it is public, verifies the bearer token and puts the
-// principal in the context. A method without a rule is denied (BuildRules makes that unreachable).
-func (i *Interceptor) authenticate(ctx context.Context, method string) (Rule, context.Context, error) {
+// rule returns the method's rule; a method without one is denied (BuildRules makes that unreachable).
+func (i *Interceptor) rule(method string) (Rule, error) {
 	rule, ok := i.rules[method]
 	if !ok {
-		return Rule{}, ctx, status.Errorf(codes.PermissionDenied, "%s has no access rule", method)
+		return Rule{}, status.Errorf(codes.PermissionDenied, "%s has no access rule", method)
 	}
-	if rule.Public {
-		return rule, ctx, nil
+	return rule, nil
+}
+
+// authenticate verifies the bearer token of a non-public method and returns ctx with the principal.
+func (i *Interceptor) authenticate(ctx context.Context, method string) (context.Context, error) {
+	rule, err := i.rule(method)
+	if err != nil || rule.Public {
+		return ctx, err
 	}
 	token, err := auth.TokenFromContext(ctx)
-	if err != nil {
-		return rule, ctx, status.Error(codes.Unauthenticated, err.Error())
+	if err == nil {
+		var p auth.Principal
+		if p, err = i.verifier.Verify(token); err == nil {
+			return auth.WithPrincipal(ctx, p), nil
+		}
 	}
-	p, err := i.verifier.Verify(token)
-	if err != nil {
-		return rule, ctx, status.Error(codes.Unauthenticated, err.Error())
+	if i.OnUnauthenticated != nil {
+		i.OnUnauthenticated(ctx, method, err)
 	}
-	requestid.SetCaller(ctx, p.Subject, p.TenantID)
-	return rule, auth.WithPrincipal(ctx, p), nil
+	return ctx, status.Error(codes.Unauthenticated, err.Error())
 }
 
 func (i *Interceptor) authorize(ctx context.Context, rule Rule, req any) error {
-	p, _ := auth.PrincipalFrom(ctx)
+	p, ok := auth.PrincipalFrom(ctx)
+	if !ok {
+		return status.Error(codes.Unauthenticated, "no authenticated caller")
+	}
 	msg, _ := req.(proto.Message)
-	return i.authz.Authorize(ctx, p, Request{
+	return Status(i.authz.Decide(ctx, p, Request{
 		Permission:        rule.Permission,
 		ConversationID:    stringAt(msg, rule.ConversationField),
 		RequireMembership: rule.RequireMembership,
 		Ownership:         rule.Ownership,
 		OwnerValue:        stringAt(msg, rule.OwnerField),
-	})
+	}))
 }
 
 type authorizingStream struct {

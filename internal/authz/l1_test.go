@@ -26,21 +26,12 @@ func runCache(t *testing.T, c *authz.MembershipCache) {
 	done := make(chan struct{})
 	go func() { c.Run(ctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
-	waitFor(t, "the invalidation subscription", c.Subscribed)
+	testenv.Eventually(t, "the invalidation subscription", waitLimit, c.Subscribed)
 }
 
-// waitFor polls cond for up to 10s: the events awaited are asynchronous (pub/sub delivery, a dropped
-// connection noticed); the assertion is that they happen, not how fast.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
+// waitLimit bounds the waits for asynchronous events (pub/sub delivery, a dropped connection noticed):
+// the assertion is that they happen, not how fast.
+const waitLimit = 10 * time.Second
 
 func counterValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	t.Helper()
@@ -119,7 +110,7 @@ func TestL1RemoteInvalidation(t *testing.T) {
 	if err := other.Invalidate(ctx, tenant, conv, "nina"); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the invalidation to arrive", func() bool {
+	testenv.Eventually(t, "the invalidation to arrive", waitLimit, func() bool {
 		return counterValue(t, h.reg, "platform_membership_cache_invalidations_received_total") > received
 	})
 	if got := getConversation(t, h, nina); got != codes.OK {
@@ -139,7 +130,7 @@ func TestL1ResetOnSubscriptionLoss(t *testing.T) {
 		}
 	}
 	h.redisSrv.Stop()
-	waitFor(t, "the lost subscription to be noticed", func() bool { return !h.cache.Subscribed() })
+	testenv.Eventually(t, "the lost subscription to be noticed", waitLimit, func() bool { return !h.cache.Subscribed() })
 	if v := counterValue(t, h.reg, "platform_membership_cache_local_active"); v != 0 {
 		t.Errorf("local_active = %v while the subscription is down", v)
 	}
@@ -156,7 +147,7 @@ func TestL1ResetOnSubscriptionLoss(t *testing.T) {
 	}
 
 	h.redisSrv.Start()
-	waitFor(t, "the subscription to come back", h.cache.Subscribed)
+	testenv.Eventually(t, "the subscription to come back", waitLimit, h.cache.Subscribed)
 	if got := getConversation(t, h, adam); got != codes.PermissionDenied {
 		t.Errorf("removed admin after the subscription came back: %v, want PermissionDenied", got)
 	}
@@ -171,9 +162,9 @@ func TestL1SilentSubscriptionLoss(t *testing.T) {
 		t.Fatalf("member: %v", got)
 	}
 	proxy.freeze(true)
-	waitFor(t, "the silent subscription to be noticed", func() bool { return !h.cache.Subscribed() })
+	testenv.Eventually(t, "the silent subscription to be noticed", waitLimit, func() bool { return !h.cache.Subscribed() })
 	proxy.freeze(false)
-	waitFor(t, "the subscription to come back", h.cache.Subscribed)
+	testenv.Eventually(t, "the subscription to come back", waitLimit, h.cache.Subscribed)
 	if got := getConversation(t, h, mia); got != codes.OK {
 		t.Errorf("member after the subscription came back: %v", got)
 	}
@@ -305,9 +296,11 @@ func TestCacheMetricsPreinitialised(t *testing.T) {
 		"platform_membership_cache_local_active",
 		"platform_membership_cache_invalidations_received_total",
 		"platform_membership_cache_lookup_duration_seconds",
-		"platform_authz_decisions_total{permission=conversation.read}{result=OK}",
-		"platform_authz_decisions_total{permission=message.send}{result=PermissionDenied}",
-		"platform_authz_decisions_total{permission=dlq.write}{result=Unavailable}",
+		"platform_authz_decisions_total{permission=conversation.read}{result=allow}",
+		"platform_authz_decisions_total{permission=message.send}{result=deny}",
+		"platform_authz_decisions_total{permission=dlq.write}{result=unavailable}",
+		"platform_authz_decisions_total{permission=message.update}{result=not_found}",
+		"platform_authz_decisions_total{permission=message.delete}{result=invalid}",
 	} {
 		if !got[want] {
 			t.Errorf("%s missing from a fresh registry", want)
@@ -336,7 +329,7 @@ func TestL1WithEmbeddedRedis(t *testing.T) {
 	if err := h.cache.Invalidate(context.Background(), tenant, conv, "mia"); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the invalidation to arrive", func() bool {
+	testenv.Eventually(t, "the invalidation to arrive", waitLimit, func() bool {
 		return counterValue(t, h.reg, "platform_membership_cache_invalidations_received_total") > received
 	})
 }

@@ -1,5 +1,8 @@
-// Package config reads every environment variable the platform understands, in one place, with the
-// defaults documented in the README. Nothing else in the module calls os.Getenv.
+// Package config reads every environment variable the platform's processes understand, in one place,
+// with the defaults documented in docs (the configuration table, kept in sync by a test). The services
+// and libraries receive a Config or values taken from it; nothing else reads these variables. (The
+// developer tools, services/token and services/loadgen, read their own flags and defaults, and the test
+// helpers read CI.)
 package config
 
 import (
@@ -56,7 +59,35 @@ type Config struct {
 	LogLevel  slog.Level
 	LogFormat string
 
+	// WatchersEnabled runs the change-stream watchers in this pipeline process (run them in one replica);
+	// DLQSchedulerEnabled runs the dead-letter retry scheduler (safe in every replica: claims are fenced).
+	WatchersEnabled     bool
+	DLQSchedulerEnabled bool
+
+	Pipeline Pipeline
+	DLQ      DLQ
+
 	Devstack Devstack
+}
+
+// Pipeline holds the ingest pipeline's tunables (PIPELINE_*).
+type Pipeline struct {
+	MaxPollRecords  int
+	BulkMaxDocs     int
+	BulkMaxDelay    time.Duration
+	BulkMaxInFlight int
+	RetryMax        time.Duration
+	StageTimeout    time.Duration
+	// TransientRetryTimeout, when positive, dead-letters (class transient) a record still failing
+	// transiently after that long; zero retries until the dependency is back.
+	TransientRetryTimeout time.Duration
+}
+
+// DLQ holds the dead-letter retry policy (DLQ_*).
+type DLQ struct {
+	MaxAttempts  int
+	InitialDelay time.Duration
+	MaxDelay     time.Duration
 }
 
 // Devstack holds the settings only services/devstack reads.
@@ -65,9 +96,6 @@ type Devstack struct {
 	MongoAddr string
 	RedisAddr string
 	DataDir   string
-	// PipelineMetricsAddr serves the in-process pipeline's registry (services/pipeline serves its own on
-	// METRICS_ADDR; in the devstack that port is the gateway's).
-	PipelineMetricsAddr string
 }
 
 // Var documents one environment variable.
@@ -103,11 +131,22 @@ var Vars = []Var{
 	{"HEALTH_CHECK_INTERVAL", "5s", "period of the background dependency checks"},
 	{"LOG_LEVEL", "info", "debug, info, warn or error"},
 	{"LOG_FORMAT", "json", "json or text (devstack defaults to text)"},
+	{"WATCHERS_ENABLED", "true", "pipeline: run the change-stream watchers in this process; enable in exactly one replica"},
+	{"DLQ_SCHEDULER_ENABLED", "true", "pipeline: run the dead-letter retry scheduler in this process (every replica may: claims are fenced)"},
+	{"PIPELINE_MAX_POLL_RECORDS", "4000", "pipeline: records of one polled batch (with the fetch limits, bounds memory)"},
+	{"PIPELINE_BULK_MAX_DOCS", "500", "pipeline: messages per InsertMany of the bulk writer"},
+	{"PIPELINE_BULK_MAX_DELAY", "2ms", "pipeline: how long the bulk writer waits to fill an InsertMany"},
+	{"PIPELINE_BULK_MAX_IN_FLIGHT", "2", "pipeline: InsertMany commands running at once"},
+	{"PIPELINE_RETRY_MAX", "5s", "pipeline: cap of the backoff between retries of a stage after transient failures"},
+	{"PIPELINE_STAGE_TIMEOUT", "30s", "pipeline: bound of one attempt of a stage over a batch (a hung dependency becomes a transient failure)"},
+	{"PIPELINE_TRANSIENT_RETRY_TIMEOUT", "0s", "pipeline: dead-letter a record still failing transiently after this long; 0 retries until the dependency is back"},
+	{"DLQ_MAX_ATTEMPTS", "5", "dead letters: failed tries after which a transient failure is parked instead of retried"},
+	{"DLQ_RETRY_INITIAL_DELAY", "1s", "dead letters: delay before the first automatic retry (doubling per attempt)"},
+	{"DLQ_RETRY_MAX_DELAY", "1m", "dead letters: cap of the delay between automatic retries"},
 	{"DEVSTACK_KAFKA_ADDR", "127.0.0.1:19092", "devstack: embedded Kafka (kfake) address when KAFKA_BROKERS is empty"},
 	{"DEVSTACK_MONGO_ADDR", "127.0.0.1:27018", "devstack: embedded MongoDB-wire (FerretDB) address when MONGO_URI is empty"},
 	{"DEVSTACK_REDIS_ADDR", "127.0.0.1:16379", "devstack: embedded Redis (miniredis) address when REDIS_URL is empty"},
 	{"DEVSTACK_DATA_DIR", "<os temp dir>/platform-devstack", "devstack: FerretDB's SQLite files"},
-	{"DEVSTACK_PIPELINE_METRICS_ADDR", ":9465", "devstack: /metrics of the in-process pipeline, DLQ processor and watchers"},
 }
 
 // Known reports whether name is a variable Load reads.
@@ -125,6 +164,20 @@ type Getenv func(string) string
 
 // FromEnv loads the configuration from the process environment.
 func FromEnv() (Config, error) { return Load(os.Getenv) }
+
+// DevstackDefaults are the defaults `make run` changes: a developer's terminal reads text logs more
+// easily than JSON.
+var DevstackDefaults = map[string]string{"LOG_FORMAT": "text"}
+
+// FromEnvWithDefaults is FromEnv with other defaults for some variables (DevstackDefaults).
+func FromEnvWithDefaults(defaults map[string]string) (Config, error) {
+	return Load(func(name string) string {
+		if v := os.Getenv(name); v != "" {
+			return v
+		}
+		return defaults[name]
+	})
+}
 
 // Load reads and validates the configuration. Every problem is reported, each naming its variable.
 func Load(getenv Getenv) (Config, error) {
@@ -145,6 +198,20 @@ func Load(getenv Getenv) (Config, error) {
 			errs = append(errs, fmt.Errorf("%s=%q: want host:port: %w", name, v, err))
 		}
 		return v
+	}
+	boolean := func(name string) bool {
+		v, err := strconv.ParseBool(get(name))
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s=%q: want true or false", name, get(name)))
+		}
+		return v
+	}
+	positiveInt := func(name string) int {
+		n, err := strconv.Atoi(get(name))
+		if err != nil || n <= 0 {
+			errs = append(errs, fmt.Errorf("%s=%q: want a positive integer", name, get(name)))
+		}
+		return n
 	}
 	duration := func(name string) time.Duration {
 		v := get(name)
@@ -175,13 +242,27 @@ func Load(getenv Getenv) (Config, error) {
 		HealthCheckTimeout:   duration("HEALTH_CHECK_TIMEOUT"),
 		HealthInterval:       duration("HEALTH_CHECK_INTERVAL"),
 		LogFormat:            strings.ToLower(get("LOG_FORMAT")),
+		WatchersEnabled:      boolean("WATCHERS_ENABLED"),
+		DLQSchedulerEnabled:  boolean("DLQ_SCHEDULER_ENABLED"),
+		Pipeline: Pipeline{
+			MaxPollRecords:        positiveInt("PIPELINE_MAX_POLL_RECORDS"),
+			BulkMaxDocs:           positiveInt("PIPELINE_BULK_MAX_DOCS"),
+			BulkMaxDelay:          duration("PIPELINE_BULK_MAX_DELAY"),
+			BulkMaxInFlight:       positiveInt("PIPELINE_BULK_MAX_IN_FLIGHT"),
+			RetryMax:              duration("PIPELINE_RETRY_MAX"),
+			StageTimeout:          duration("PIPELINE_STAGE_TIMEOUT"),
+			TransientRetryTimeout: duration("PIPELINE_TRANSIENT_RETRY_TIMEOUT"),
+		},
+		DLQ: DLQ{
+			MaxAttempts:  positiveInt("DLQ_MAX_ATTEMPTS"),
+			InitialDelay: duration("DLQ_RETRY_INITIAL_DELAY"),
+			MaxDelay:     duration("DLQ_RETRY_MAX_DELAY"),
+		},
 		Devstack: Devstack{
 			KafkaAddr: addr("DEVSTACK_KAFKA_ADDR"),
 			MongoAddr: addr("DEVSTACK_MONGO_ADDR"),
 			RedisAddr: addr("DEVSTACK_REDIS_ADDR"),
 			DataDir:   getenv("DEVSTACK_DATA_DIR"),
-
-			PipelineMetricsAddr: addr("DEVSTACK_PIPELINE_METRICS_ADDR"),
 		},
 	}
 	if c.Devstack.DataDir == "" {
@@ -223,6 +304,16 @@ func Load(getenv Getenv) (Config, error) {
 			errs = append(errs, fmt.Errorf("KAFKA_SIGNING_KEYS: %w", err))
 		}
 		c.KafkaSigningKeys = keys
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"PIPELINE_BULK_MAX_DELAY", c.Pipeline.BulkMaxDelay}, {"PIPELINE_RETRY_MAX", c.Pipeline.RetryMax},
+		{"PIPELINE_STAGE_TIMEOUT", c.Pipeline.StageTimeout}, {"DLQ_RETRY_INITIAL_DELAY", c.DLQ.InitialDelay},
+		{"DLQ_RETRY_MAX_DELAY", c.DLQ.MaxDelay}} {
+		if d.v == 0 {
+			errs = append(errs, fmt.Errorf("%s: must be positive", d.name))
+		}
 	}
 	if c.PipelineStallAfter == 0 {
 		errs = append(errs, errors.New("PIPELINE_STALL_AFTER: must be positive"))

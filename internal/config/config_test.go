@@ -30,7 +30,12 @@ func TestLoadDefaults(t *testing.T) {
 		{"DEVSTACK_KAFKA_ADDR", c.Devstack.KafkaAddr, "127.0.0.1:19092"},
 		{"DEVSTACK_MONGO_ADDR", c.Devstack.MongoAddr, "127.0.0.1:27018"},
 		{"DEVSTACK_REDIS_ADDR", c.Devstack.RedisAddr, "127.0.0.1:16379"},
-		{"DEVSTACK_PIPELINE_METRICS_ADDR", c.Devstack.PipelineMetricsAddr, ":9465"},
+		{"WATCHERS_ENABLED", c.WatchersEnabled, true},
+		{"DLQ_SCHEDULER_ENABLED", c.DLQSchedulerEnabled, true},
+		{"PIPELINE_MAX_POLL_RECORDS", c.Pipeline.MaxPollRecords, 4000},
+		{"PIPELINE_BULK_MAX_DELAY", c.Pipeline.BulkMaxDelay, 2 * time.Millisecond},
+		{"PIPELINE_TRANSIENT_RETRY_TIMEOUT", c.Pipeline.TransientRetryTimeout, time.Duration(0)},
+		{"DLQ_MAX_ATTEMPTS", c.DLQ.MaxAttempts, 5},
 	}
 	for _, tc := range checks {
 		if tc.got != tc.want {
@@ -86,6 +91,10 @@ func TestLoadRejectsBadValues(t *testing.T) {
 		{"KAFKA_SIGNING_KEYS", "k1=short"},
 		{"KAFKA_SIGNING_KEYS", "k1=" + strings.Repeat("a", 40)},
 		{"PIPELINE_STALL_AFTER", "0s"},
+		{"WATCHERS_ENABLED", "sometimes"},
+		{"PIPELINE_MAX_POLL_RECORDS", "0"},
+		{"PIPELINE_BULK_MAX_DELAY", "0s"},
+		{"DLQ_MAX_ATTEMPTS", "-1"},
 		{"SHUTDOWN_TIMEOUT", "30"},
 		{"SHUTDOWN_DRAIN_DELAY", "-1s"},
 		{"HEALTH_CHECK_TIMEOUT", "0s"},

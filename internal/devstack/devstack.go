@@ -1,7 +1,7 @@
 // Package devstack runs the whole platform in one process for `make run` and the end-to-end tests:
 // embedded Kafka (kfake), MongoDB-wire (FerretDB on SQLite) and Redis (miniredis) for whichever of
-// KAFKA_BROKERS, MONGO_URI and REDIS_URL is empty, then the gateway and the ingest pipeline through
-// exactly the production wiring. With no AUTH_HMAC_SECRET nor AUTH_JWKS_FILE it checks tokens with the
+// KAFKA_BROKERS, MONGO_URI and REDIS_URL is empty, then the gateway and the pipeline roles of the
+// production composition root (internal/app). With no AUTH_HMAC_SECRET nor AUTH_JWKS_FILE it checks tokens with the
 // well-known development secret that `make token` uses.
 package devstack
 
@@ -12,31 +12,21 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
-	"time"
 
-	"golang.org/x/sync/errgroup"
-
+	"github.com/msgplatform/platform/internal/app"
 	"github.com/msgplatform/platform/internal/auth"
 	"github.com/msgplatform/platform/internal/config"
-	"github.com/msgplatform/platform/internal/dlq"
 	"github.com/msgplatform/platform/internal/embedded"
 	"github.com/msgplatform/platform/internal/envelope"
 	"github.com/msgplatform/platform/internal/kafka"
-	"github.com/msgplatform/platform/internal/observability"
-	"github.com/msgplatform/platform/internal/pipeline"
-	"github.com/msgplatform/platform/internal/gateway"
-	"github.com/msgplatform/platform/internal/watchers"
 )
 
 // Addresses are where a running devstack can be reached.
 type Addresses struct {
 	GRPC, HTTP, Metrics string
-	PipelineMetrics     string // the pipeline, DLQ processor and watchers' /metrics
 	Kafka               string // broker address
 	MongoURI            string
 	RedisURL            string
@@ -130,46 +120,14 @@ func Run(ctx context.Context, cfg config.Config, logger *slog.Logger, onReady fu
 		logger.Warn("AUTH_HMAC_SECRET is empty: using the well-known development secret; never do this in production")
 	}
 
-	// The pipeline opens no health listener: the gateway's /readyz and /v1/health already check the same
-	// dependencies. Its metrics, the DLQ processor's and the watchers' share one registry, as in
-	// services/pipeline, served on a port of their own (METRICS_ADDR is the gateway's).
-	pipeReg := observability.NewRegistry()
-	pipeLis, err := net.Listen("tcp", cfg.Devstack.PipelineMetricsAddr)
-	if err != nil {
-		return fmt.Errorf("pipeline metrics on DEVSTACK_PIPELINE_METRICS_ADDR %s: %w", cfg.Devstack.PipelineMetricsAddr, err)
-	}
-	pipeMetrics := &http.Server{Handler: observability.MetricsHandler(pipeReg), ReadHeaderTimeout: 10 * time.Second}
-	addrs.PipelineMetrics = pipeLis.Addr().String()
-
-	// The gateway and the ingest pipeline run side by side, each through its production wiring with its own
-	// connections (they share nothing but cfg); when one fails, the other is stopped.
-	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error {
-		return gateway.Serve(gctx, cfg, logger, func(s *gateway.Server) {
-			addrs.GRPC, addrs.HTTP, addrs.Metrics = s.GRPCAddr(), s.HTTPAddr(), s.MetricsAddr()
-			if onReady != nil {
-				onReady(addrs)
-			}
-		})
-	})
-	g.Go(func() error { return pipeline.Serve(gctx, cfg, pipeline.Config{}, pipeReg, logger) })
-	g.Go(func() error { return dlq.Serve(gctx, cfg, dlq.Config{}, pipeReg, logger) })
-	g.Go(func() error { return watchers.Serve(gctx, cfg, pipeReg, logger) })
-	g.Go(func() error {
-		if err := pipeMetrics.Serve(pipeLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			return fmt.Errorf("pipeline metrics: %w", err)
+	// The gateway and the pipeline run in this one process through the production composition root, over
+	// one set of clients: one registry, one metrics endpoint, one MongoDB pool.
+	err = app.Run(ctx, cfg, logger, app.Roles{Gateway: true, Pipeline: true}, func(a app.Addresses) {
+		addrs.GRPC, addrs.HTTP, addrs.Metrics = a.GRPC, a.HTTP, a.Metrics
+		if onReady != nil {
+			onReady(addrs)
 		}
-		return nil
 	})
-	g.Go(func() error {
-		<-gctx.Done()
-		// Closed with the gateway's listeners, after its drain delay, so a last scrape still sees the drain.
-		time.Sleep(cfg.DrainDelay)
-		shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
-		defer cancel()
-		return pipeMetrics.Shutdown(shutdownCtx)
-	})
-	err = g.Wait()
 	if errors.Is(err, context.Canceled) {
 		return nil
 	}

@@ -20,7 +20,6 @@ import (
 
 	platformv1 "github.com/msgplatform/platform/gen/platform/v1"
 	"github.com/msgplatform/platform/internal/auth"
-	"github.com/msgplatform/platform/internal/config"
 	"github.com/msgplatform/platform/internal/devstack"
 	"github.com/msgplatform/platform/internal/testenv"
 )
@@ -40,7 +39,7 @@ func TestDevstackEndToEnd(t *testing.T) {
 	}
 	defer conn.Close()
 	hc := healthpb.NewHealthClient(conn)
-	waitFor(t, 30*time.Second, "grpc health SERVING", func() bool {
+	testenv.Eventually(t, "grpc health SERVING", 30*time.Second, func() bool {
 		r, err := hc.Check(ctx, &healthpb.HealthCheckRequest{})
 		return err == nil && r.GetStatus() == healthpb.HealthCheckResponse_SERVING
 	})
@@ -197,7 +196,7 @@ func TestDevstackEndToEnd(t *testing.T) {
 
 	// Shutdown: readiness must turn 503 while the listeners still answer, then Run returns cleanly.
 	cancel()
-	waitFor(t, 2*time.Second, "readyz 503 during the drain delay", func() bool {
+	testenv.Eventually(t, "readyz 503 during the drain delay", 2*time.Second, func() bool {
 		code, _ := getJSON(t, base+"/readyz")
 		return code == http.StatusServiceUnavailable
 	})
@@ -212,19 +211,16 @@ func TestDevstackEndToEnd(t *testing.T) {
 }
 
 // startDevstack runs devstack.Run on free ports with embedded Kafka and FerretDB and a real redis-server,
-// and returns once it serves. cancel starts the shutdown; done receives Run's result.
+// and returns once it serves. It leaves AUTH_HMAC_SECRET and KAFKA_SIGNING_KEYS empty, as `make run` does,
+// so the devstack checks tokens with auth.DevHMACSecret and signs records with a key of its own. cancel
+// starts the shutdown; done receives Run's result.
 func startDevstack(t *testing.T) (context.Context, devstack.Addresses, context.CancelFunc, chan error) {
 	t.Helper()
-	vars := map[string]string{
-		"GRPC_ADDR": "127.0.0.1:0", "HTTP_ADDR": "127.0.0.1:0", "METRICS_ADDR": "127.0.0.1:0",
-		"DEVSTACK_KAFKA_ADDR": "127.0.0.1:0", "DEVSTACK_MONGO_ADDR": "127.0.0.1:0", "DEVSTACK_PIPELINE_METRICS_ADDR": "127.0.0.1:0",
+	cfg := testenv.Config(t, map[string]string{
+		"AUTH_HMAC_SECRET": "", "KAFKA_SIGNING_KEYS": "",
 		"DEVSTACK_DATA_DIR": t.TempDir(), "REDIS_URL": testenv.Redis(t),
 		"HEALTH_CHECK_INTERVAL": "200ms", "SHUTDOWN_DRAIN_DELAY": "500ms", "SHUTDOWN_TIMEOUT": "5s",
-	}
-	cfg, err := config.Load(func(k string) string { return vars[k] })
-	if err != nil {
-		t.Fatal(err)
-	}
+	})
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	ready := make(chan devstack.Addresses, 1)
@@ -240,17 +236,6 @@ func startDevstack(t *testing.T) (context.Context, devstack.Addresses, context.C
 		t.Fatal("devstack not serving after 90s")
 	}
 	panic("unreachable")
-}
-
-func waitFor(t *testing.T, limit time.Duration, what string, ok func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(limit)
-	for !ok() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 func getJSON(t *testing.T, url string) (int, map[string]any) {

@@ -60,7 +60,7 @@ func startProcess(t *testing.T, bin string, env []string) *process {
 			t.Logf("process log:\n%s", b)
 		}
 	})
-	waitFor(t, 60*time.Second, "the process to become ready", func() bool {
+	testenv.Eventually(t, "the process to become ready", 60*time.Second, func() bool {
 		resp, err := http.Get("http://" + p.http + "/readyz")
 		if err != nil {
 			return false
@@ -202,7 +202,7 @@ func TestGracefulShutdownLosesNothing(t *testing.T) {
 	}
 	defer client.Disconnect(context.Background())
 	coll := client.Database(db).Collection(store.MessagesCollection)
-	waitFor(t, 60*time.Second, fmt.Sprintf("all %d accepted messages stored", len(ids)), func() bool {
+	testenv.Eventually(t, fmt.Sprintf("all %d accepted messages stored", len(ids)), 60*time.Second, func() bool {
 		n, err := coll.CountDocuments(context.Background(), bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: ids}}}})
 		return err == nil && n == int64(len(ids))
 	})

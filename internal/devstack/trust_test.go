@@ -19,6 +19,7 @@ import (
 	platformv1 "github.com/msgplatform/platform/gen/platform/v1"
 	"github.com/msgplatform/platform/internal/auth"
 	"github.com/msgplatform/platform/internal/kafka"
+	"github.com/msgplatform/platform/internal/testenv"
 )
 
 // TestKafkaTrustBoundary is issue 13's "done when", from outside, as kcat and grpcurl would do it against
@@ -88,14 +89,14 @@ func TestKafkaTrustBoundary(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	waitFor(t, 20*time.Second, "carol's message stored", func() bool {
+	testenv.Eventually(t, "carol's message stored", 20*time.Second, func() bool {
 		_, err := msgs.GetMessage(carol, &platformv1.GetMessageRequest{ConversationId: convC, MessageId: sent.GetMessageId()})
 		return err == nil
 	})
 	t.Logf("(a) the message sent after a 999,900-byte record was stored %v later", time.Since(start).Round(time.Millisecond))
 	authn := &platformv1.DeadLetterFilter{Stage: "authenticate"}
 	var big *platformv1.DeadLetter
-	waitFor(t, 20*time.Second, "the big record listed", func() bool {
+	testenv.Eventually(t, "the big record listed", 20*time.Second, func() bool {
 		r, err := dls.ListDeadLetters(ops, &platformv1.ListDeadLettersRequest{Filter: authn})
 		if err != nil {
 			t.Fatal(err)
@@ -114,7 +115,7 @@ func TestKafkaTrustBoundary(t *testing.T) {
 	// (b)
 	service, impostor := forged("mallory", "I am a service", "service"), forged("alice", "alice never wrote this", "user")
 	produce(service, impostor)
-	waitFor(t, 20*time.Second, "both forgeries dead-lettered at authenticate", func() bool {
+	testenv.Eventually(t, "both forgeries dead-lettered at authenticate", 20*time.Second, func() bool {
 		r, err := dls.ListDeadLetters(ops, &platformv1.ListDeadLettersRequest{Filter: authn})
 		if err != nil {
 			t.Fatal(err)
@@ -145,7 +146,7 @@ func TestKafkaTrustBoundary(t *testing.T) {
 		h("dlq.first_failed_at", "2030-01-01T00:00:00.000Z"), h("dlq.tenant_id", "t1"),
 	}})
 	id := "messages.events-0-999-1"
-	waitFor(t, 20*time.Second, "the forged entry stored", func() bool {
+	testenv.Eventually(t, "the forged entry stored", 20*time.Second, func() bool {
 		_, err := dls.GetDeadLetter(ops, &platformv1.GetDeadLetterRequest{Id: id})
 		return err == nil
 	})

@@ -34,6 +34,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/msgplatform/platform/internal/envelope"
+	"github.com/msgplatform/platform/internal/kafka"
 	"github.com/msgplatform/platform/internal/store"
 )
 
@@ -130,7 +131,7 @@ type Config struct {
 
 // Config defaults.
 const (
-	DefaultGroupID        = "platform-dlq"
+	DefaultGroupID        = kafka.GroupDLQ
 	DefaultMaxPollRecords = 500
 	DefaultDrainTimeout   = 30 * time.Second
 	DefaultInterval       = time.Second

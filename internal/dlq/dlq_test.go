@@ -70,18 +70,6 @@ func testLogger(t *testing.T) *slog.Logger {
 	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelInfo}))
 }
 
-// eventually polls cond until it holds; the deadline only bounds a hang, it asserts nothing about time.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("still waiting for %s after 30s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // testKeys sign the original records of the tests' dead letters, as the gateway signed them; the
 // processor verifies with them.
 var testKeys = func() *envelope.Keys {
@@ -159,7 +147,7 @@ func run(t *testing.T, fn func(context.Context) error) (stop func()) {
 
 func (e *env) startProcessor(cfg dlq.Config, m *dlq.Metrics) (stop func()) {
 	e.t.Helper()
-	p, err := dlq.NewProcessor(cfg, []string{e.broker}, e.st, testKeys, m, testLogger(e.t))
+	p, err := dlq.NewProcessor(cfg, []kgo.Opt{kgo.SeedBrokers(e.broker)}, e.st, testKeys, m, testLogger(e.t))
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -246,7 +234,7 @@ func TestDeadLetterProcessorStoresEachFailureOnce(t *testing.T) {
 	m := newMetrics(t)
 	cfg := dlq.Config{GroupID: "dlq-test-1", Policy: dlq.Policy{InitialDelay: time.Hour, MaxDelay: time.Hour}}
 	stop := e.startProcessor(cfg, m)
-	eventually(t, "4 entries stored, 1 duplicate", func() bool {
+	testenv.Eventually(t, "4 entries stored, 1 duplicate", 0, func() bool {
 		return testutil.ToFloat64(m.Duplicates) == 1 && testutil.ToFloat64(m.RecordsIn.WithLabelValues("deserialize", "permanent"))+
 			testutil.ToFloat64(m.RecordsIn.WithLabelValues("persist", "transient"))+testutil.ToFloat64(m.RecordsIn.WithLabelValues("other", "other")) == 4
 	})
@@ -280,7 +268,7 @@ func TestDeadLetterProcessorStoresEachFailureOnce(t *testing.T) {
 	// Another consumer group reads everything again (a redelivery of every record): nothing new is stored.
 	m2 := newMetrics(t)
 	e.startProcessor(dlq.Config{GroupID: "dlq-test-2"}, m2)
-	eventually(t, "5 duplicates", func() bool { return testutil.ToFloat64(m2.Duplicates) == 5 })
+	testenv.Eventually(t, "5 duplicates", 0, func() bool { return testutil.ToFloat64(m2.Duplicates) == 5 })
 	if n := e.count(store.DeadLetterFilter{}); n != 4 || testutil.ToFloat64(m2.RecordsIn.WithLabelValues("persist", "transient")) != 0 {
 		t.Errorf("%d entries after redelivery, want 4", n)
 	}
@@ -295,7 +283,7 @@ func TestDeadLetterSchedulerRepublishesAfterItsDelay(t *testing.T) {
 	e.startProcessor(cfg, m)
 	id := "messages.inbound-1-7-2"
 	var pending store.DeadLetter
-	eventually(t, "the entry stored", func() bool {
+	testenv.Eventually(t, "the entry stored", 0, func() bool {
 		d, err := e.st.Get(testCtx(t), id)
 		pending = d
 		return err == nil
@@ -312,7 +300,7 @@ func TestDeadLetterSchedulerRepublishesAfterItsDelay(t *testing.T) {
 		t.Fatal(err)
 	}
 	run(t, s.Run)
-	eventually(t, "the entry retried", func() bool { return e.get(id).Status == store.DeadLetterRetried })
+	testenv.Eventually(t, "the entry retried", 0, func() bool { return e.get(id).Status == store.DeadLetterRetried })
 	recs := e.consumeAll(kafka.TopicInbound, 1)
 	r, h := recs[0], headerMap(recs[0])
 	if string(r.Key) != "c1" || string(r.Value) != string(mustMarshal(t, in)) || h[envelope.HeaderDLQAttempts] != "2" ||
@@ -430,7 +418,7 @@ func TestDeadLetterSchedulersTwoReplicasRepublishEachEntryOnce(t *testing.T) {
 		}
 		run(t, s.Run)
 	}
-	eventually(t, "every entry retried", func() bool {
+	testenv.Eventually(t, "every entry retried", 0, func() bool {
 		return e.count(store.DeadLetterFilter{Statuses: []store.DeadLetterStatus{store.DeadLetterRetried}}) == n
 	})
 	if got := e.endOffsets(kafka.TopicInbound); got != n {

@@ -2,38 +2,40 @@ package dlq_test
 
 import (
 	"context"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/oklog/ulid/v2"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	platformv1 "github.com/msgplatform/platform/gen/platform/v1"
-	"github.com/msgplatform/platform/internal/config"
+	"github.com/msgplatform/platform/internal/app"
+	"github.com/msgplatform/platform/internal/app/apptest"
 	"github.com/msgplatform/platform/internal/dlq"
 	"github.com/msgplatform/platform/internal/envelope"
 	"github.com/msgplatform/platform/internal/kafka"
-	"github.com/msgplatform/platform/internal/pipeline"
 	"github.com/msgplatform/platform/internal/store"
 	"github.com/msgplatform/platform/internal/testenv"
 )
 
 // A transient failure (the store stopped) is dead-lettered by the pipeline, stored by the processor once
-// the store is back, republished automatically by the scheduler, and lands exactly once.
+// the store is back, republished automatically by the scheduler, and lands exactly once. The pipeline
+// process runs as services/pipeline runs it (app.Run with the pipeline role).
 func TestDeadLetterTransientFailureLandsAfterTheStoreIsBack(t *testing.T) {
 	broker := testenv.Kafka(t)
 	mongo := testenv.StartMongoServer(t)
-	vars := map[string]string{
+	cfg := testenv.Config(t, map[string]string{
 		"KAFKA_BROKERS": broker, "MONGO_URI": mongo.URI(), "MONGO_DATABASE": "platform", "REDIS_URL": testenv.Redis(t),
-		"SHUTDOWN_TIMEOUT": "10s", "KAFKA_SIGNING_KEYS": "test=dlq-test-signing-secret-0123456789abcdef",
-	}
-	cfg, err := config.Load(func(k string) string { return vars[k] })
-	if err != nil {
-		t.Fatal(err)
-	}
+		"SHUTDOWN_TIMEOUT": "10s",
+		// The pipeline gives a record up as transient after a short outage instead of pausing until the
+		// store is back (its default), so the DLQ path is what brings the message home. (Its backoff's
+		// first delay, 100 ms by default, has no variable.)
+		"PIPELINE_TRANSIENT_RETRY_TIMEOUT": "200ms", "PIPELINE_STAGE_TIMEOUT": "300ms",
+		// The scheduler retries soon and never parks the entry while the store is still coming back. (Its
+		// pass interval, 1 s by default, has no variable.)
+		"DLQ_MAX_ATTEMPTS": "1000", "DLQ_RETRY_INITIAL_DELAY": "50ms",
+	})
 	ctx := testCtx(t)
 	client, err := store.Connect(ctx, mongo.URI())
 	if err != nil {
@@ -43,40 +45,7 @@ func TestDeadLetterTransientFailureLandsAfterTheStoreIsBack(t *testing.T) {
 	st := store.New(client.Database(cfg.MongoDatabase))
 	dls := store.NewDeadLetters(client.Database(cfg.MongoDatabase))
 
-	logger := testLogger(t)
-	runCtx, cancel := context.WithCancel(context.Background())
-	// The pipeline gives a record up as transient after a short outage instead of pausing until the store
-	// is back (its default), so the DLQ path is what brings the message home.
-	pipe, err := pipeline.Open(ctx, cfg, pipeline.Config{TransientRetryTimeout: 200 * time.Millisecond, StageTimeout: 300 * time.Millisecond,
-		RetryInitial: 50 * time.Millisecond}, prometheus.NewRegistry(), logger)
-	if err != nil {
-		t.Fatal(err)
-	}
-	reg := prometheus.NewRegistry()
-	dq, err := dlq.Open(ctx, cfg, dlq.Config{Interval: 20 * time.Millisecond,
-		Policy: dlq.Policy{MaxAttempts: 1000, InitialDelay: 50 * time.Millisecond}}, reg, logger)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		if err := pipe.Run(runCtx); err != nil {
-			t.Errorf("pipeline: %v", err)
-		}
-	})
-	wg.Go(func() {
-		if err := dq.Run(runCtx); err != nil {
-			t.Errorf("dlq: %v", err)
-		}
-	})
-	t.Cleanup(func() {
-		cancel()
-		wg.Wait()
-		closeCtx, cancelClose := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancelClose()
-		_ = pipe.Close(closeCtx)
-		_ = dq.Close(closeCtx)
-	})
+	apptest.Start(t, cfg, app.Roles{Pipeline: true}, testLogger(t))
 
 	conv, err := st.Conversations.Create(ctx, store.Conversation{TenantID: "t1", Title: "c", CreatorID: "alice"}, []store.Member{{UserID: "bob"}})
 	if err != nil {
@@ -108,11 +77,11 @@ func TestDeadLetterTransientFailureLandsAfterTheStoreIsBack(t *testing.T) {
 	if err := producer.ProduceSync(ctx, rec).FirstErr(); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the transient failure on messages.dlq", func() bool { return dlqRecords() == 1 })
+	testenv.Eventually(t, "the transient failure on messages.dlq", 0, func() bool { return dlqRecords() == 1 })
 	mongo.Start()
 
 	var m store.Message
-	eventually(t, "the message persisted", func() bool {
+	testenv.Eventually(t, "the message persisted", 0, func() bool {
 		m, err = st.Messages.Get(ctx, "t1", conv.ID, in.GetId())
 		return err == nil
 	})
@@ -120,7 +89,7 @@ func TestDeadLetterTransientFailureLandsAfterTheStoreIsBack(t *testing.T) {
 		t.Errorf("persisted %+v", m)
 	}
 	var entries []store.DeadLetter
-	eventually(t, "the entry marked retried", func() bool {
+	testenv.Eventually(t, "the entry marked retried", 0, func() bool {
 		entries, _, err = dls.List(ctx, store.DeadLetterFilter{}, 0, "")
 		return err == nil && len(entries) == 1 && entries[0].Status == store.DeadLetterRetried
 	})

@@ -3,10 +3,12 @@ package dlq
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/msgplatform/platform/internal/envelope"
 	"github.com/msgplatform/platform/internal/observability"
 	"github.com/msgplatform/platform/internal/store"
 )
@@ -95,6 +97,11 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	}
 	for _, r := range []string{ResultRepublished, ResultFailed} {
 		m.Retries.WithLabelValues(r)
+	}
+	for _, st := range append(slices.Clone(envelope.Stages), envelope.LabelOther) {
+		for _, cl := range []string{ClassPermanent, ClassTransient, envelope.LabelOther} {
+			m.RecordsIn.WithLabelValues(st, cl)
+		}
 	}
 	return m, nil
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -33,9 +34,10 @@ type Processor struct {
 	once    sync.Once
 }
 
-// NewProcessor returns a processor over brokers storing into st; keys verify the original payloads (see
-// FromRecord). It joins the group when Run starts polling. m and logger may be nil.
-func NewProcessor(cfg Config, brokers []string, st *store.DeadLetters, keys *envelope.Keys, m *Metrics, logger *slog.Logger) (*Processor, error) {
+// NewProcessor returns a processor connecting with kafkaOpts (seed brokers, TLS, SASL) and storing into
+// st; keys verify the original payloads (see FromRecord). It joins the group when Run starts polling. m
+// and logger may be nil.
+func NewProcessor(cfg Config, kafkaOpts []kgo.Opt, st *store.DeadLetters, keys *envelope.Keys, m *Metrics, logger *slog.Logger) (*Processor, error) {
 	cfg = cfg.withDefaults()
 	if m == nil {
 		m = discardMetrics()
@@ -45,8 +47,7 @@ func NewProcessor(cfg Config, brokers []string, st *store.DeadLetters, keys *env
 	}
 	p := &Processor{cfg: cfg, keys: keys, store: st, metrics: m, logger: logger.With("component", "dlq-processor")}
 	var err error
-	p.client, err = kgo.NewClient(
-		kgo.SeedBrokers(brokers...),
+	p.client, err = kgo.NewClient(append(slices.Clone(kafkaOpts),
 		kgo.ClientID("platform-dlq"),
 		kgo.ConsumerGroup(cfg.GroupID),
 		kgo.ConsumeTopics(kafka.TopicDLQ),
@@ -58,9 +59,9 @@ func NewProcessor(cfg Config, brokers []string, st *store.DeadLetters, keys *env
 		kgo.FetchMaxBytes(8<<20),
 		kgo.MaxConcurrentFetches(2),
 		kgo.WithLogger(kafka.Logger(p.logger)),
-	)
+	)...)
 	if err != nil {
-		return nil, fmt.Errorf("kafka consumer of %s for %v: %w", kafka.TopicDLQ, brokers, err)
+		return nil, fmt.Errorf("kafka consumer of %s: %w", kafka.TopicDLQ, err)
 	}
 	return p, nil
 }
@@ -84,26 +85,19 @@ func (p *Processor) handle(ctx context.Context, recs []*kgo.Record) error {
 	for i, r := range recs {
 		dls[i] = FromRecord(r, p.keys, p.cfg.Policy, now)
 	}
-	b := &backoff.ExponentialBackOff{InitialInterval: 100 * time.Millisecond, RandomizationFactor: 0.5, Multiplier: 2, MaxInterval: 5 * time.Second}
-	b.Reset()
-	for {
-		results, err := p.store.InsertMany(bctx, dls)
-		if err == nil {
-			p.account(ctx, recs, dls, results)
-			break
-		}
-		if bctx.Err() != nil {
-			p.logger.WarnContext(ctx, "dlq batch abandoned uncommitted; it will be redelivered", "records", len(recs), "error", err)
-			return fmt.Errorf("store dead letters: %w", err)
-		}
-		delay := b.NextBackOff()
-		p.logger.ErrorContext(ctx, "cannot store dead letters; consumption paused, retrying", "records", len(recs),
-			"retry_in", delay.Round(time.Millisecond).String(), "error", err)
-		select {
-		case <-bctx.Done():
-		case <-time.After(delay):
-		}
+	// Until stored, or the drain timeout ends the wait: a store outage pauses consumption, never drops.
+	results, err := backoff.Retry(bctx, func() ([]store.InsertResult, error) { return p.store.InsertMany(bctx, dls) },
+		backoff.WithBackOff(&backoff.ExponentialBackOff{InitialInterval: 100 * time.Millisecond, RandomizationFactor: 0.5, Multiplier: 2, MaxInterval: 5 * time.Second}),
+		backoff.WithMaxElapsedTime(0),
+		backoff.WithNotify(func(err error, delay time.Duration) {
+			p.logger.ErrorContext(ctx, "cannot store dead letters; consumption paused, retrying", "records", len(recs),
+				"retry_in", delay.Round(time.Millisecond).String(), "error", err)
+		}))
+	if err != nil {
+		p.logger.WarnContext(ctx, "dlq batch abandoned uncommitted; it will be redelivered", "records", len(recs), "error", err)
+		return fmt.Errorf("store dead letters: %w", err)
 	}
+	p.account(ctx, recs, dls, results)
 	if err := p.client.CommitRecords(bctx, recs...); err != nil {
 		// Not fatal: the entries are stored; a later commit covers them, or they are redelivered (duplicates).
 		p.logger.WarnContext(ctx, "dlq offset commit failed; the batch may be redelivered (no duplicates)", "error", err)

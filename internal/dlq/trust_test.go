@@ -14,6 +14,7 @@ import (
 	"github.com/msgplatform/platform/internal/envelope"
 	"github.com/msgplatform/platform/internal/kafka"
 	"github.com/msgplatform/platform/internal/store"
+	"github.com/msgplatform/platform/internal/testenv"
 )
 
 // What a DLQ record claims is not trusted: anyone who can produce to messages.dlq can write one.
@@ -53,7 +54,7 @@ func TestForgedDeadLettersGoNowhere(t *testing.T) {
 
 	m := newMetrics(t)
 	stop := e.startProcessor(dlq.Config{GroupID: "dlq-forged", Policy: dlq.Policy{InitialDelay: time.Millisecond}}, m)
-	eventually(t, "4 entries", func() bool { return e.count(store.DeadLetterFilter{}) == 4 })
+	testenv.Eventually(t, "4 entries", 0, func() bool { return e.count(store.DeadLetterFilter{}) == 4 })
 	stop()
 
 	fwd := e.get("messages.events-0-5-1")

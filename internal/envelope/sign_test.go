@@ -682,7 +682,7 @@ func TestNewKeysArguments(t *testing.T) {
 
 func TestKeysStringHidesSecrets(t *testing.T) {
 	k := mustParseKeys(t, "new="+secretNew+",old="+secretOld)
-	for _, s := range []string{k.String(), fmt.Sprint(k), fmt.Sprintf("%v", k), fmt.Sprintf("%+v", k), fmt.Sprintf("%s", k)} {
+	for _, s := range []string{k.String(), fmt.Sprint(k), fmt.Sprintf("%v", k), fmt.Sprintf("%+v", k), fmt.Sprintf("%#v", k)} {
 		for _, sec := range []string{secretNew, secretOld, secretNew[:12], secretOld[:12]} {
 			if strings.Contains(s, sec) {
 				t.Errorf("%q shows a secret", s)

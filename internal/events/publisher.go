@@ -62,6 +62,42 @@ func NewPublisher(producer Producer, keys *envelope.Keys, reg prometheus.Registe
 // Publish fills the event's id, time and request id when empty and produces it, waiting for the
 // broker's acknowledgement.
 func (p *Publisher) Publish(ctx context.Context, ev *platformv1.Event) error {
+	return p.PublishBatch(ctx, []*platformv1.Event{ev})[0]
+}
+
+// PublishBatch is Publish for several events at once: they enter the producer in order (Kafka keeps
+// their order within a partition) and their acknowledgements are awaited together. It returns one error
+// per event, nil when acknowledged.
+func (p *Publisher) PublishBatch(ctx context.Context, evs []*platformv1.Event) []error {
+	errs := make([]error, len(evs))
+	recs := make([]*kgo.Record, 0, len(evs))
+	index := make([]int, 0, len(evs)) // recs[k] is evs[index[k]]
+	for i, ev := range evs {
+		rec, err := p.record(ctx, ev)
+		if err != nil {
+			errs[i] = err
+			p.published.WithLabelValues(ev.GetType().String(), "error").Inc()
+			continue
+		}
+		recs, index = append(recs, rec), append(index, i)
+	}
+	if len(recs) == 0 {
+		return errs
+	}
+	for k, res := range p.producer.ProduceSync(ctx, recs...) {
+		ev := evs[index[k]]
+		if res.Err != nil {
+			p.published.WithLabelValues(ev.GetType().String(), "error").Inc()
+			errs[index[k]] = fmt.Errorf("publish %s event: %w", ev.GetType(), res.Err)
+			continue
+		}
+		p.published.WithLabelValues(ev.GetType().String(), "ok").Inc()
+	}
+	return errs
+}
+
+// record fills ev's id, time and request id when empty and encodes it.
+func (p *Publisher) record(ctx context.Context, ev *platformv1.Event) (*kgo.Record, error) {
 	if ev.GetId() == "" {
 		ev.Id = ulid.MustNew(ulid.Now(), rand.Reader).String()
 	}
@@ -73,12 +109,7 @@ func (p *Publisher) Publish(ctx context.Context, ev *platformv1.Event) error {
 	}
 	rec, err := envelope.EventRecord(ev, p.keys)
 	if err != nil {
-		return fmt.Errorf("encode event: %w", err)
+		return nil, fmt.Errorf("encode event: %w", err)
 	}
-	if err := p.producer.ProduceSync(ctx, rec).FirstErr(); err != nil {
-		p.published.WithLabelValues(ev.GetType().String(), "error").Inc()
-		return fmt.Errorf("publish %s event: %w", ev.GetType(), err)
-	}
-	p.published.WithLabelValues(ev.GetType().String(), "ok").Inc()
-	return nil
+	return rec, nil
 }

@@ -1,12 +1,11 @@
-// Package server wires the gateway: one gRPC server (platform.v1 services, grpc.health.v1, reflection,
+// Package gateway is the API's edge: one gRPC server (platform.v1 services, grpc.health.v1, reflection,
 // the interceptor chain), the REST gateway that reaches it through a gRPC client connection (so REST runs
-// every interceptor too), /healthz and /readyz, and /metrics on its own port. services/gateway and
-// services/devstack both run exactly this.
+// every interceptor too), /healthz and /readyz, and /metrics on its own port. It receives its
+// dependencies; internal/app wires it for services/gateway and the devstack.
 package gateway
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -18,7 +17,6 @@ import (
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
 	"github.com/prometheus/client_golang/prometheus"
-	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	grpchealth "google.golang.org/grpc/health"
@@ -27,110 +25,111 @@ import (
 	"google.golang.org/grpc/status"
 
 	platformv1 "github.com/msgplatform/platform/gen/platform/v1"
+	"github.com/msgplatform/platform/internal/auth"
 	"github.com/msgplatform/platform/internal/authz"
-	"github.com/msgplatform/platform/internal/config"
 	"github.com/msgplatform/platform/internal/health"
+	"github.com/msgplatform/platform/internal/lifecycle"
 	"github.com/msgplatform/platform/internal/observability"
 	"github.com/msgplatform/platform/internal/requestid"
 )
 
-// Services are the platform.v1 handlers. A nil one is served by the generated Unimplemented type, so its
-// RPCs answer UNIMPLEMENTED until the issue that builds them lands.
+// Services are the platform.v1 handlers. A nil one is served by the generated Unimplemented type.
 type Services struct {
 	Conversations platformv1.ConversationServiceServer
 	Messages      platformv1.MessageServiceServer
 	DeadLetters   platformv1.DeadLetterServiceServer
 }
 
-// Options are what New needs; Config supplies addresses and timeouts.
+// Options are what New needs; the process's composition root (internal/app) provides them.
 type Options struct {
-	Config       config.Config
-	Logger       *slog.Logger
-	Registry     *prometheus.Registry
-	Dependencies []health.Dependency
-	Services     Services
+	GRPCAddr, HTTPAddr, MetricsAddr string
+	// ShutdownTimeout bounds how long in-flight calls may take to finish once the server stops.
+	ShutdownTimeout time.Duration
+	Logger          *slog.Logger
+	Registry        *prometheus.Registry
+	// Checker holds the dependency checks: readiness, grpc.health.v1 and HealthService answer from it.
+	Checker  *health.Checker
+	Services Services
 	// Verifier authenticates bearer tokens; Authorizer decides by the access rules.
 	Verifier   authz.TokenVerifier
 	Authorizer *authz.Authorizer
-	// Workers run beside the server (e.g. the stream hub). Their context ends after the drain delay and
-	// before the listeners stop, so live streams end cleanly instead of holding up GracefulStop.
-	Workers []func(context.Context)
+	// OnUnauthenticated hears of every call refused for want of a valid token.
+	OnUnauthenticated func(ctx context.Context, method string, err error)
 }
 
 // ServiceNeeds maps each gRPC service name to the dependencies it cannot work without; grpc.health.v1
 // reports it NOT_SERVING while any of them is down.
 var ServiceNeeds = map[string][]string{
-	platformv1.ConversationService_ServiceDesc.ServiceName: {"mongodb", "redis"},
-	platformv1.MessageService_ServiceDesc.ServiceName:      {"mongodb", "redis", "kafka"},
-	platformv1.DeadLetterService_ServiceDesc.ServiceName:   {"mongodb", "kafka"},
+	platformv1.ConversationService_ServiceDesc.ServiceName: {health.MongoDB, health.Redis},
+	platformv1.MessageService_ServiceDesc.ServiceName:      {health.MongoDB, health.Redis, health.Kafka},
+	platformv1.DeadLetterService_ServiceDesc.ServiceName:   {health.MongoDB, health.Kafka},
 	platformv1.HealthService_ServiceDesc.ServiceName:       {},
 }
 
-// Server is the running gateway.
+// Server is the gateway: one gRPC server (platform.v1, grpc.health.v1, reflection, the interceptor
+// chain), the REST gateway reaching it through a gRPC client connection, /healthz and /readyz, and
+// /metrics on its own port. The composition root runs ServeREST, ServeGRPC and ServeMetrics as actors of
+// the process's lifecycle group, in that stop order.
 type Server struct {
-	cfg     config.Config
+	opts    Options
 	logger  *slog.Logger
-	checker *health.Checker
-
 	grpc    *grpc.Server
 	http    *http.Server
 	metrics *http.Server
 	conn    *grpc.ClientConn // the REST gateway's connection to grpc
 
 	grpcLis, httpLis, metricsLis net.Listener
-	workers                      []func(context.Context)
 }
 
 // New builds the server and binds its three listeners, so a port clash fails here, before anything runs.
 func New(ctx context.Context, opts Options) (*Server, error) {
-	s := &Server{cfg: opts.Config, logger: opts.Logger, workers: opts.Workers}
-	s.checker = health.NewChecker(opts.Dependencies, s.cfg.HealthInterval, s.cfg.HealthCheckTimeout, s.logger)
-
+	s := &Server{opts: opts, logger: opts.Logger}
 	var err error
-	if s.grpcLis, err = net.Listen("tcp", s.cfg.GRPCAddr); err != nil {
-		return nil, fmt.Errorf("GRPC_ADDR %s: %w", s.cfg.GRPCAddr, err)
+	if s.grpcLis, err = net.Listen("tcp", opts.GRPCAddr); err != nil {
+		return nil, fmt.Errorf("GRPC_ADDR %s: %w", opts.GRPCAddr, err)
 	}
-	if s.httpLis, err = net.Listen("tcp", s.cfg.HTTPAddr); err != nil {
-		s.closeListeners()
-		return nil, fmt.Errorf("HTTP_ADDR %s: %w", s.cfg.HTTPAddr, err)
+	if s.httpLis, err = net.Listen("tcp", opts.HTTPAddr); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("HTTP_ADDR %s: %w", opts.HTTPAddr, err)
 	}
-	if s.metricsLis, err = net.Listen("tcp", s.cfg.MetricsAddr); err != nil {
-		s.closeListeners()
-		return nil, fmt.Errorf("METRICS_ADDR %s: %w", s.cfg.MetricsAddr, err)
+	if s.metricsLis, err = net.Listen("tcp", opts.MetricsAddr); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("METRICS_ADDR %s: %w", opts.MetricsAddr, err)
 	}
 
 	grpcMetrics := grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram())
 	if err := opts.Registry.Register(grpcMetrics); err != nil {
-		s.closeListeners()
+		s.Close()
 		return nil, fmt.Errorf("register grpc metrics: %w", err)
 	}
 	access := authz.NewInterceptor(opts.Verifier, opts.Authorizer)
+	access.OnUnauthenticated = opts.OnUnauthenticated
 	s.grpc = newGRPCServer(s.logger, grpcMetrics, access)
-	registerServices(s.grpc, opts.Services, s.checker)
+	registerServices(s.grpc, opts.Services, opts.Checker)
 	hs := grpchealth.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, hs)
-	health.FollowChecker(s.checker, hs, ServiceNeeds)
+	health.FollowChecker(opts.Checker, hs, ServiceNeeds)
 	reflection.Register(s.grpc)
 	grpcMetrics.InitializeMetrics(s.grpc)
 	// Default deny: refuse to start when any registered method lacks an access rule.
 	if err := access.LoadRules(s.grpc.GetServiceInfo()); err != nil {
-		s.closeListeners()
+		s.Close()
 		return nil, err
 	}
 
 	restMetrics, err := newRESTMetrics(opts.Registry)
 	if err != nil {
-		s.closeListeners()
+		s.Close()
 		return nil, fmt.Errorf("register REST metrics: %w", err)
 	}
 	rest, conn, err := newRESTGateway(ctx, dialTarget(s.grpcLis.Addr()), restMetrics)
 	if err != nil {
-		s.closeListeners()
+		s.Close()
 		return nil, err
 	}
 	s.conn = conn
 	mux := http.NewServeMux()
-	healthHTTP := health.HTTPHandler(s.checker)
+	healthHTTP := health.HTTPHandler(opts.Checker)
 	mux.Handle("GET /healthz", healthHTTP)
 	mux.Handle("GET /readyz", healthHTTP)
 	mux.Handle("/", rest)
@@ -142,10 +141,10 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 func newGRPCServer(logger *slog.Logger, metrics *grpcprom.ServerMetrics, access *authz.Interceptor) *grpc.Server {
 	logOpts := []logging.Option{
 		logging.WithLogOnEvents(logging.FinishCall),
-		// Evaluated when the call ends, so the caller authenticated further down the chain is known.
+		// Authentication runs before logging, so the caller is in the context the logger sees.
 		logging.WithFieldsFromContext(func(ctx context.Context) logging.Fields {
-			sub, tenant := requestid.Caller(ctx)
-			return logging.Fields{"request_id", requestid.From(ctx), "principal", sub, "tenant", tenant}
+			p, _ := auth.PrincipalFrom(ctx)
+			return logging.Fields{"request_id", requestid.From(ctx), "principal", p.Subject, "tenant", p.TenantID}
 		}),
 	}
 	rpcLogger := logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
@@ -155,22 +154,25 @@ func newGRPCServer(logger *slog.Logger, metrics *grpcprom.ServerMetrics, access 
 		logger.ErrorContext(ctx, "panic in handler", "panic", fmt.Sprint(p), "request_id", requestid.From(ctx), "stack", string(debug.Stack()))
 		return status.Error(codes.Internal, "internal error")
 	})
-	// Order matters: the request id first so every later interceptor sees it; metrics and logging before
-	// access control so denied calls are counted and logged; recovery last so a panic becomes INTERNAL
-	// before metrics and logs record the call.
+	// Order matters: the request id first so every later interceptor sees it; metrics before everything
+	// so every call is counted; authentication before logging, so the log line names the caller (a call
+	// refused for want of a token is not logged per call: it is counted, see OnUnauthenticated); denied
+	// calls are logged; recovery last so a panic becomes INTERNAL before metrics and logs record the call.
 	return grpc.NewServer(
 		grpc.ChainUnaryInterceptor(
 			requestid.UnaryServerInterceptor(),
 			metrics.UnaryServerInterceptor(),
+			access.AuthenticateUnary(),
 			logging.UnaryServerInterceptor(rpcLogger, logOpts...),
-			access.Unary(),
+			access.AuthorizeUnary(),
 			recovery.UnaryServerInterceptor(recoveryOpt),
 		),
 		grpc.ChainStreamInterceptor(
 			requestid.StreamServerInterceptor(),
 			metrics.StreamServerInterceptor(),
+			access.AuthenticateStream(),
 			logging.StreamServerInterceptor(rpcLogger, logOpts...),
-			access.Stream(),
+			access.AuthorizeStream(),
 			recovery.StreamServerInterceptor(recoveryOpt),
 		),
 	)
@@ -208,83 +210,50 @@ func (s *Server) GRPCAddr() string    { return s.grpcLis.Addr().String() }
 func (s *Server) HTTPAddr() string    { return s.httpLis.Addr().String() }
 func (s *Server) MetricsAddr() string { return s.metricsLis.Addr().String() }
 
-// Checker returns the dependency checker, for callers that add watchers.
-func (s *Server) Checker() *health.Checker { return s.checker }
-
-// Run serves until ctx is cancelled or a listener fails, then shuts down in the documented order:
-// readiness 503 and grpc health NOT_SERVING at once; wait the drain delay so load balancers notice; stop
-// REST then gRPC, letting in-flight calls finish within SHUTDOWN_TIMEOUT (after which they are cut).
-// The caller closes the clients afterwards (flushing the Kafka producer).
-func (s *Server) Run(ctx context.Context) error {
-	g, gctx := errgroup.WithContext(ctx)
-	checkCtx, stopChecks := context.WithCancel(context.Background())
-	defer stopChecks()
-	g.Go(func() error { s.checker.Run(checkCtx); return nil })
-	workerCtx, stopWorkers := context.WithCancel(context.Background())
-	defer stopWorkers()
-	for _, w := range s.workers {
-		g.Go(func() error { w(workerCtx); return nil })
-	}
-	g.Go(func() error {
-		if err := s.grpc.Serve(s.grpcLis); err != nil {
-			return fmt.Errorf("serve grpc: %w", err)
-		}
-		return nil
-	})
-	g.Go(func() error { return serveHTTP(s.http, s.httpLis, "rest") })
-	g.Go(func() error { return serveHTTP(s.metrics, s.metricsLis, "metrics") })
-	s.logger.Info("gateway serving", "grpc", s.GRPCAddr(), "http", s.HTTPAddr(), "metrics", s.MetricsAddr())
-
-	g.Go(func() error {
-		<-gctx.Done()
-		s.shutdown(stopWorkers)
-		stopChecks()
-		return nil
-	})
-	return g.Wait()
+// ServeREST serves REST, /healthz and /readyz until ctx ends, then lets in-flight requests finish
+// (within ShutdownTimeout). Stop it before ServeGRPC: its requests still need the gRPC server.
+func (s *Server) ServeREST(ctx context.Context) error {
+	return lifecycle.ServeHTTP(ctx, s.http, s.httpLis, s.opts.ShutdownTimeout)
 }
 
-func serveHTTP(srv *http.Server, lis net.Listener, name string) error {
-	if err := srv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("serve %s: %w", name, err)
-	}
-	return nil
-}
-
-func (s *Server) shutdown(stopWorkers func()) {
-	start := time.Now()
-	s.checker.SetDraining()
-	s.logger.Info("draining: readiness is 503, grpc health NOT_SERVING", "drain_delay", s.cfg.DrainDelay.String())
-	time.Sleep(s.cfg.DrainDelay)
-	stopWorkers()
-
-	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
-	defer cancel()
-	// REST first: its in-flight requests still need the gRPC server behind them.
-	if err := s.http.Shutdown(ctx); err != nil {
-		s.logger.Warn("REST requests still running at the shutdown deadline; closing them", "error", err)
-		_ = s.http.Close()
+// ServeGRPC serves gRPC until ctx ends, then stops accepting and lets in-flight calls finish
+// (GracefulStop), cancelling what still runs after ShutdownTimeout. Live streams should have been ended
+// before (the stream hub stops first), or they hold GracefulStop up to the timeout.
+func (s *Server) ServeGRPC(ctx context.Context) error {
+	errc := make(chan error, 1)
+	go func() { errc <- s.grpc.Serve(s.grpcLis) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve grpc: %w", err)
+	case <-ctx.Done():
 	}
 	done := make(chan struct{})
 	go func() { s.grpc.GracefulStop(); close(done) }()
 	select {
 	case <-done:
-	case <-ctx.Done():
+	case <-time.After(s.opts.ShutdownTimeout):
 		s.logger.Warn("gRPC calls still running at the shutdown deadline; cancelling them")
 		s.grpc.Stop()
 		<-done
 	}
 	_ = s.conn.Close()
-	mctx, mcancel := context.WithTimeout(context.Background(), time.Second)
-	defer mcancel()
-	_ = s.metrics.Shutdown(mctx)
-	s.logger.Info("gateway stopped", "took", time.Since(start).Round(time.Millisecond).String())
+	<-errc
+	return nil
 }
 
-func (s *Server) closeListeners() {
+// ServeMetrics serves /metrics until ctx ends (stop it last, so a final scrape sees the drain).
+func (s *Server) ServeMetrics(ctx context.Context) error {
+	return lifecycle.ServeHTTP(ctx, s.metrics, s.metricsLis, time.Second)
+}
+
+// Close releases the listeners and the REST connection of a server that will not be served.
+func (s *Server) Close() {
 	for _, l := range []net.Listener{s.grpcLis, s.httpLis, s.metricsLis} {
 		if l != nil {
 			_ = l.Close()
 		}
+	}
+	if s.conn != nil {
+		_ = s.conn.Close()
 	}
 }

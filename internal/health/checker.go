@@ -39,6 +39,20 @@ func (s Status) String() string {
 	}
 }
 
+// Dependency names, as reported by /v1/health, /readyz and the grpc.health.v1 service needs.
+const (
+	MongoDB       = "mongodb"
+	Redis         = "redis"
+	Kafka         = "kafka"
+	ChangeStreams = "change_streams"
+	// MongoDBCircuit is the store's circuit breaker: not required (an open circuit is MongoDB's outage,
+	// which the mongodb check already reports), DOWN while open.
+	MongoDBCircuit = "mongodb_circuit"
+	// Pipeline is the ingest pipeline's progress on messages.inbound, read from the group's commits: not
+	// required (messages accepted meanwhile wait safely in Kafka), DEGRADED while a partition stalls.
+	Pipeline = "pipeline"
+)
+
 // ErrUnsupported, returned (wrapped) by a check, reports a capability the server does not offer.
 var ErrUnsupported = errors.New("unsupported")
 

@@ -19,6 +19,15 @@ const (
 	Transient = envelope.Transient
 )
 
+// Batch is one partition's records of one poll on their way through the stages: what Stage.Process gets.
+type Batch struct {
+	Partition int32
+	// Items are the records still alive, in offset order.
+	Items []*Item
+	// Reads are the store reads the poll's partitions share (nil when there are none, in unit tests).
+	Reads *Reads
+}
+
 // Item is one Kafka record on its way through the stages. Stages read what earlier ones set and mark
 // failures with Fail; the runner skips failed items in later stages.
 type Item struct {

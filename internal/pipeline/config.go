@@ -6,14 +6,15 @@ import (
 
 	"go.mongodb.org/mongo-driver/v2/mongo/writeconcern"
 
+	"github.com/msgplatform/platform/internal/kafka"
 	"github.com/msgplatform/platform/internal/store"
 )
 
-// Defaults of Config. They are the only settings of the pipeline; none is read from the environment yet
-// (internal/config owns the environment; see the README for the variables proposed for each).
+// Defaults of Config. internal/app sets the fields the environment configures (internal/config: the
+// PIPELINE_* variables); the others keep these defaults.
 const (
 	// DefaultGroupID is the consumer group of the ingest pipeline. Every replica uses the same group.
-	DefaultGroupID = "platform-pipeline"
+	DefaultGroupID = kafka.GroupPipeline
 	// DefaultMaxPollRecords bounds the records of one batch (taken across partitions). Together with the
 	// fetch limits below it bounds memory whatever the backlog: a batch is processed, committed, and only
 	// then is the next one polled. 4,000 records of at most ~17 KiB (the API's limits) are under 70 MiB

@@ -12,6 +12,7 @@ import (
 
 	"github.com/oklog/ulid/v2"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.mongodb.org/mongo-driver/v2/bson"
@@ -22,8 +23,11 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	platformv1 "github.com/msgplatform/platform/gen/platform/v1"
+	"github.com/msgplatform/platform/internal/authz"
 	"github.com/msgplatform/platform/internal/config"
+	"github.com/msgplatform/platform/internal/dlq"
 	"github.com/msgplatform/platform/internal/envelope"
+	"github.com/msgplatform/platform/internal/events"
 	"github.com/msgplatform/platform/internal/kafka"
 	"github.com/msgplatform/platform/internal/requestid"
 	"github.com/msgplatform/platform/internal/store"
@@ -88,28 +92,90 @@ func testLogger(t testing.TB) *slog.Logger {
 	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
 }
 
-// running is a pipeline started through the production wiring (Open, Run, Close).
+// running is a pipeline built from the same parts internal/app gives it (a guarded store, the membership
+// cache and authorizer, the bulk writer, the event publisher, the dead-letter fallback), run like app
+// runs it (Run, then Close).
 type running struct {
-	svc    *Service
-	reg    *prometheus.Registry
-	cancel context.CancelFunc
-	exited chan struct{} // closed when Run returned
-	runErr error
-	once   sync.Once
+	p       *Pipeline
+	writer  *store.BulkWriter
+	cache   *authz.MembershipCache
+	reg     *prometheus.Registry
+	cancel  context.CancelFunc
+	exited  chan struct{} // closed when Run returned
+	runErr  error
+	once    sync.Once
+	closers []func()
 }
 
 func (e *env) start(pcfg Config) *running {
 	e.t.Helper()
+	ctx := testCtx(e.t)
 	reg := prometheus.NewRegistry()
-	svc, err := Open(testCtx(e.t), e.cfg, pcfg, reg, testLogger(e.t))
-	if err != nil {
-		e.t.Fatal(err)
+	logger := testLogger(e.t)
+	r := &running{reg: reg, exited: make(chan struct{})}
+	fail := func(err error) {
+		e.t.Helper()
+		if err != nil {
+			for _, c := range r.closers {
+				c()
+			}
+			e.t.Fatal(err)
+		}
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &running{svc: svc, reg: reg, cancel: cancel, exited: make(chan struct{})}
+	client, err := store.Connect(ctx, e.cfg.MongoURI)
+	fail(err)
+	r.closers = append(r.closers, func() { _ = client.Disconnect(context.Background()) })
+	breaker, err := store.NewBreaker(store.BreakerConfig{Name: "mongodb", FailureRatio: e.cfg.MongoBreakerRatio, CoolDown: e.cfg.MongoBreakerCoolDown}, nil)
+	fail(err)
+	guard := &store.Guard{Breaker: breaker}
+	st := store.New(client.Database(e.cfg.MongoDatabase))
+	st.SetGuard(guard)
+	dls := store.NewDeadLetters(client.Database(e.cfg.MongoDatabase))
+	dls.SetGuard(guard)
+	fail(dls.EnsureIndexes(ctx))
+	ropts, err := redis.ParseURL(e.cfg.RedisURL)
+	fail(err)
+	rdb := redis.NewClient(ropts)
+	r.closers = append(r.closers, func() { _ = rdb.Close() })
+	dir := authz.StoreDirectory{Store: st}
+	r.cache, err = authz.NewMembershipCache(rdb, dir, authz.CacheConfig{}, reg, logger)
+	fail(err)
+	authorizer, err := authz.NewAuthorizer(r.cache, dir, reg)
+	fail(err)
+	producer, err := kafka.NewProducer(e.cfg.KafkaBrokers, e.cfg.ProduceTimeout)
+	fail(err)
+	r.closers = append(r.closers, func() {
+		fctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = producer.Flush(fctx)
+		producer.Close()
+	})
+	pub, err := events.NewPublisher(producer, e.cfg.KafkaSigningKeys, reg)
+	fail(err)
+	r.writer, err = store.NewBulkWriter(st, store.BulkConfig{}, reg, logger)
+	fail(err)
+	if pcfg.DrainTimeout == 0 {
+		pcfg.DrainTimeout = e.cfg.ShutdownTimeout
+	}
+	r.p, err = New(pcfg, Deps{
+		Kafka: []kgo.Opt{kgo.SeedBrokers(e.cfg.KafkaBrokers...)}, Keys: e.cfg.KafkaSigningKeys, Store: st, Authorizer: authorizer,
+		Writer: r.writer, Events: pub, Producer: producer,
+		DeadLetters: dlq.NewDirectWriter(dls, e.cfg.KafkaSigningKeys, dlq.Policy{}, nil, logger),
+		Registry:    reg, Logger: logger,
+	})
+	if err != nil {
+		r.writer.Close()
+		fail(err)
+	}
+	runCtx, cancel := context.WithCancel(context.Background())
+	r.cancel = cancel
+	subCtx, stopSub := context.WithCancel(context.Background())
+	subDone := make(chan struct{})
+	go func() { defer close(subDone); r.cache.Run(subCtx) }()
+	r.closers = append([]func(){func() { stopSub(); <-subDone }}, r.closers...)
 	go func() {
 		defer close(r.exited)
-		r.runErr = svc.Run(ctx)
+		r.runErr = r.p.Run(runCtx)
 	}()
 	e.t.Cleanup(func() { _ = r.stop() })
 	return r
@@ -121,15 +187,17 @@ func (r *running) wait() error {
 	return r.runErr
 }
 
-// stop cancels Run (a graceful stop: the batch in hand finishes and is committed), waits for it and
-// closes the service. It returns Run's error.
+// stop cancels Run (a graceful stop: the batch in hand finishes and is committed), waits for it, leaves
+// the group, flushes the writer and the producer and closes the clients. It returns Run's error.
 func (r *running) stop() error {
 	r.once.Do(func() {
 		r.cancel()
 		<-r.exited
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = r.svc.Close(ctx)
+		r.p.Close()
+		r.writer.Close()
+		for _, c := range r.closers {
+			c()
+		}
 	})
 	return r.runErr
 }

@@ -1,61 +1,3 @@
-// Package pipeline is the ingest pipeline: a franz-go consumer group on messages.inbound that runs each
-// record through a list of stages (deserialize, validate, tenant, authorize, transform, persist, notify,
-// metrics) into MongoDB, at least once and without duplicates.
-//
-// # Consuming
-//
-// One poll loop takes a batch of at most MaxPollRecords records across the member's partitions, runs
-// each partition's records through the stages (partitions concurrently, each in offset order), produces
-// the dead letters of the batch, commits the last offset of every partition of the batch, and only then
-// polls again. Offsets are committed manually (auto-commit off), never past a record that is not stored
-// or dead-lettered.
-//
-// Rebalances are blocked while a batch is in hand (kgo.BlockRebalanceOnPoll) and allowed again after its
-// commit (AllowRebalance): a partition is never revoked mid-batch, so the loop cannot commit for a
-// partition it no longer owns, and nothing needs doing on revocation. This costs rebalance latency (a
-// rebalance waits for the batch in hand, which the poll size bounds), which is why the alternative,
-// committing from OnPartitionsRevoked while the batch may still be running, was not chosen: it needs a
-// second synchronisation between the callback and the loop, for no gain at these batch sizes. If a
-// rebalance is requested while a batch is stuck retrying an outage for longer than the group's rebalance
-// timeout, the member is dropped from the group; its commit then fails, and the new owner starts from the
-// last committed offset (redelivery, no duplicate).
-//
-// Memory is bounded whatever the backlog: at most MaxPollRecords records are in hand, and what franz-go
-// buffers ahead is bounded by MaxConcurrentFetches × FetchMaxBytes.
-//
-// # Reads per batch
-//
-// The tenant and authorize stages read the store through batchReads: the conversations of the whole
-// polled batch (its record keys) with one query, and on the membership cache's first miss for a tenant,
-// that tenant's memberships of those conversations with one more. A read per partition, conversation or
-// sender would cost a round trip each, and on FerretDB a collection scan each (see directory.go).
-//
-// # Order
-//
-// A conversation's records share a partition (the record key is the conversation id), and a partition's
-// records go through each stage in offset order, the next batch only after this one is committed (the
-// bulk writer runs two InsertMany at once, but a partition has one Write in flight, and the commands of
-// one Write run one after the other). Message
-// ids are ULIDs assigned at send time, so listing by id is send order whatever happens here. Storage and
-// events follow send order too, except when a transient error hits only some records of one stage call
-// (say, one write error among a bulk insert's documents): those are retried after the others went on.
-// Consumers that need strict order sort by message id (the persisted event's id is the message id).
-//
-// # Errors
-//
-// A stage marks a record failed with a class. Permanent failures (undecodable, invalid, unknown or
-// archived conversation, unauthorized sender, a document the store refuses) send that record to
-// messages.dlq with the dlq.* headers, and the others go on. Transient failures (store, Redis or Kafka
-// unavailable, timeouts) retry the stage for the failed records with capped exponential backoff and
-// jitter; no further poll happens meanwhile, so consumption pauses (franz-go keeps heartbeating the group
-// in the background). A batch whose dead letters cannot be produced is not committed.
-//
-// # Shutdown
-//
-// When Run's context ends, polling stops; the batch in hand finishes (within Config.DrainTimeout),
-// its dead letters are produced and its offsets committed. A batch that cannot finish by then is
-// abandoned uncommitted: its records are redelivered to the next owner and stored at most once, the
-// message id being the document _id.
 package pipeline
 
 import (
@@ -71,40 +13,51 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
-	"github.com/msgplatform/platform/internal/envelope"
 	"github.com/msgplatform/platform/internal/kafka"
 	"github.com/msgplatform/platform/internal/observability"
+	"github.com/msgplatform/platform/internal/store"
 )
 
-// Deps are what the stages use.
+// Deps are what the pipeline works with; the process's composition root (internal/app) provides them.
 type Deps struct {
-	Keys          *envelope.Keys // records must carry a valid signature; events are signed
-	Conversations Conversations  // store.Store.Conversations
-	Authorizer    Authorizer     // *authz.Authorizer
-	Writer        Writer         // *store.BulkWriter
-	Producer      Producer       // events (and, in New, dead letters)
-	Registry      prometheus.Registerer
+	// Kafka are the consumer's connection options (seed brokers, TLS, SASL).
+	Kafka []kgo.Opt
+	// Keys verify the records' signatures (authenticate).
+	Keys Verifier
+	// Store is read for the batch's conversations and memberships (tenant, authorize).
+	Store *store.Store
+	// Authorizer decides whether a sender may send (authorize): *authz.Authorizer.
+	Authorizer Authorizer
+	// Writer stores the messages (persist): *store.BulkWriter.
+	Writer Writer
+	// Events publishes the persisted events (notify): *events.Publisher.
+	Events Events
+	// Producer produces the dead letters to messages.dlq; DeadLetters stores those Kafka refuses for good.
+	Producer    Producer
+	DeadLetters DeadLetterStore
+	Registry    prometheus.Registerer
+	Logger      *slog.Logger
 }
 
-// Stages returns the pipeline's stages, in order. Adding a stage is one line here.
-func Stages(d Deps) ([]Stage, error) {
-	notify, err := newNotifyStage(d.Producer, d.Keys, d.Registry)
-	if err != nil {
-		return nil, err
-	}
+// stages returns the pipeline's stages, in order. Adding a stage is one line here.
+func stages(d Deps) ([]Stage, error) {
 	metrics, err := newMetricsStage(d.Registry)
 	if err != nil {
 		return nil, err
+	}
+	var convs Conversations
+	if d.Store != nil {
+		convs = d.Store.Conversations
 	}
 	return []Stage{
 		authenticateStage{keys: d.Keys},
 		deserializeStage{},
 		validateStage{},
-		tenantStage{convs: d.Conversations},
+		tenantStage{convs: convs},
 		authorizeStage{authz: d.Authorizer},
 		transformStage{},
 		persistStage{w: d.Writer},
-		notify,
+		notifyStage{events: d.Events},
 		metrics,
 	}, nil
 }
@@ -122,32 +75,35 @@ type Pipeline struct {
 	batchDuration prometheus.Histogram
 	commits       *prometheus.CounterVec
 	closeOnce     sync.Once
-
-	// newReads, when set (Service sets it), makes the reads shared by a polled batch's partitions.
-	newReads func(keys []string) *batchReads
+	store         *store.Store
 }
 
-// New returns a pipeline over brokers running stages, producing dead letters with producer (and storing
-// those Kafka refuses for good in fallback). It joins the group when Run starts polling.
-func New(cfg Config, brokers []string, stages []Stage, producer Producer, fallback DeadLetterStore, reg prometheus.Registerer, logger *slog.Logger) (*Pipeline, error) {
+// New returns the pipeline over d. It joins the group when Run starts polling.
+func New(cfg Config, d Deps) (*Pipeline, error) {
 	cfg = cfg.withDefaults()
+	logger := d.Logger
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	logger = logger.With("component", "pipeline")
-	if cfg.stages != nil {
-		stages = cfg.stages(slices.Clone(stages))
-	}
-	r, err := newRunner(stages, cfg, reg, logger)
+	reg := d.Registry
+	st, err := stages(d)
 	if err != nil {
 		return nil, err
 	}
-	dlq, err := newDeadLetterer(producer, fallback, cfg, reg, logger)
+	if cfg.stages != nil {
+		st = cfg.stages(slices.Clone(st))
+	}
+	r, err := newRunner(st, cfg, reg, logger)
+	if err != nil {
+		return nil, err
+	}
+	dlq, err := newDeadLetterer(d.Producer, d.DeadLetters, cfg, reg, logger)
 	if err != nil {
 		return nil, err
 	}
 	p := &Pipeline{
-		cfg: cfg, runner: r, dlq: dlq, logger: logger,
+		cfg: cfg, runner: r, dlq: dlq, logger: logger, store: d.Store,
 		batchRecords: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: observability.Namespace, Subsystem: "pipeline", Name: "batch_records",
 			Help:    "Records per polled batch.",
@@ -172,14 +128,14 @@ func New(cfg Config, brokers []string, stages []Stage, producer Producer, fallba
 		return nil, fmt.Errorf("register pipeline progress metrics: %w", err)
 	}
 	r.onRetry = p.progress.retried
-	p.client, err = kgo.NewClient(p.clientOpts(brokers)...)
+	p.client, err = kgo.NewClient(append(slices.Clone(d.Kafka), p.clientOpts()...)...)
 	if err != nil {
-		return nil, fmt.Errorf("kafka consumer for %v: %w", brokers, err)
+		return nil, fmt.Errorf("kafka consumer of %s: %w", kafka.TopicInbound, err)
 	}
 	return p, nil
 }
 
-func (p *Pipeline) clientOpts(brokers []string) []kgo.Opt {
+func (p *Pipeline) clientOpts() []kgo.Opt {
 	logPartitions := func(event string, track func([]int32)) func(context.Context, *kgo.Client, map[string][]int32) {
 		return func(_ context.Context, _ *kgo.Client, parts map[string][]int32) {
 			if len(parts) > 0 {
@@ -189,7 +145,6 @@ func (p *Pipeline) clientOpts(brokers []string) []kgo.Opt {
 		}
 	}
 	return []kgo.Opt{
-		kgo.SeedBrokers(brokers...),
 		kgo.ClientID("platform-pipeline"),
 		kgo.ConsumerGroup(p.cfg.GroupID),
 		kgo.ConsumeTopics(kafka.TopicInbound),
@@ -220,12 +175,6 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	return kafka.PollLoop(ctx, p.client, p.cfg.MaxPollRecords, p.logger, p.runBatch)
 }
 
-// partitionBatch is one partition's records of a batch, in offset order.
-type partitionBatch struct {
-	partition int32
-	items     []*Item
-}
-
 // runBatch processes, dead-letters and commits one polled batch. It returns an error only if some of it
 // could not be finished, which only a shutdown (drain timeout passed) causes; the poll loop then stops,
 // since franz-go's fetch positions have moved past records that are not done.
@@ -234,7 +183,7 @@ func (p *Pipeline) runBatch(ctx context.Context, fetches kgo.Fetches) error {
 	bctx, cancel := kafka.DrainContext(ctx, p.cfg.DrainTimeout)
 	defer cancel()
 
-	var parts []partitionBatch
+	var parts []*Batch
 	index := map[int32]int{}
 	var keys []string
 	seenKey := map[string]bool{}
@@ -243,16 +192,19 @@ func (p *Pipeline) runBatch(ctx context.Context, fetches kgo.Fetches) error {
 		if !ok {
 			i = len(parts)
 			index[r.Partition] = i
-			parts = append(parts, partitionBatch{partition: r.Partition})
+			parts = append(parts, &Batch{Partition: r.Partition})
 		}
-		parts[i].items = append(parts[i].items, newItem(r))
+		parts[i].Items = append(parts[i].Items, newItem(r))
 		if k := string(r.Key); k != "" && !seenKey[k] {
 			seenKey[k] = true
 			keys = append(keys, k)
 		}
 	})
-	if p.newReads != nil {
-		bctx = withBatchReads(bctx, p.newReads(keys))
+	if p.store != nil {
+		reads := NewReads(p.store, keys) // one set of reads for the poll's partitions
+		for _, b := range parts {
+			b.Reads = reads
+		}
 	}
 	p.batchRecords.Observe(float64(fetches.NumRecords()))
 	fetches.EachPartition(func(fp kgo.FetchTopicPartition) {
@@ -264,26 +216,26 @@ func (p *Pipeline) runBatch(ctx context.Context, fetches kgo.Fetches) error {
 
 	errs := make([]error, len(parts))
 	var wg sync.WaitGroup
-	for i, pb := range parts {
-		wg.Go(func() { errs[i] = p.runner.process(bctx, pb.items) })
+	for i, b := range parts {
+		wg.Go(func() { errs[i] = p.runner.process(bctx, b) })
 	}
 	wg.Wait()
 
 	var dead []*Item
 	var commit []*kgo.Record
-	for i, pb := range parts {
+	for i, b := range parts {
 		if errs[i] != nil {
-			p.progress.abandoned(pb.partition)
+			p.progress.abandoned(b.Partition)
 			p.logger.WarnContext(ctx, "batch abandoned uncommitted; its records will be redelivered",
-				"partition", pb.partition, "records", len(pb.items), "error", errs[i])
+				"partition", b.Partition, "records", len(b.Items), "error", errs[i])
 			continue
 		}
-		for _, it := range pb.items {
+		for _, it := range b.Items {
 			if it.Failed() {
 				dead = append(dead, it)
 			}
 		}
-		commit = append(commit, pb.items[len(pb.items)-1].Record)
+		commit = append(commit, b.Items[len(b.Items)-1].Record)
 	}
 	if len(dead) > 0 {
 		if err := p.dlq.send(bctx, dead); err != nil {
@@ -309,7 +261,7 @@ func (p *Pipeline) runBatch(ctx context.Context, fetches kgo.Fetches) error {
 }
 
 // Close leaves the group and closes the consumer. Call it after Run returned; the producer is the
-// caller's to flush and close.
+// caller's to flush and close. It is idempotent.
 func (p *Pipeline) Close() {
 	p.closeOnce.Do(p.client.CloseAllowingRebalance)
 }

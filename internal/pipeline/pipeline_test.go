@@ -90,7 +90,8 @@ type crashStage struct {
 
 func (*crashStage) Name() string { return "crash" }
 
-func (s *crashStage) Process(_ context.Context, batch []*Item) {
+func (s *crashStage) Process(_ context.Context, b *Batch) {
+	batch := b.Items
 	if s.calls.Add(1) != s.at {
 		return
 	}
@@ -199,8 +200,9 @@ func TestRebalanceTwoConsumers(t *testing.T) {
 func TestStoreOutage(t *testing.T) {
 	e := newEnv(t)
 	w := e.workload("t1", 6, 2)
-	// A stage attempt gives up after 1s (the driver would wait 5s to select a server), then retries.
-	p := e.start(Config{StageTimeout: time.Second, RetryMax: 500 * time.Millisecond})
+	// A stage attempt gives up after 3s (the driver would wait 5s to select a server), then retries. Not
+	// much less: under the race detector the embedded FerretDB needs more than a second for a bulk insert.
+	p := e.start(Config{StageTimeout: 3 * time.Second, RetryMax: 500 * time.Millisecond})
 	e.produce(w.next(300)...)
 	e.waitStored(300)
 

@@ -8,7 +8,7 @@ import (
 	"github.com/msgplatform/platform/internal/store"
 )
 
-// batchReads reads, once per polled batch and for all its partitions, what the tenant and authorize
+// Reads reads, once per polled batch and for all its partitions, what the tenant and authorize
 // stages would otherwise read per partition, tenant, conversation or sender: the batch's conversations
 // (one query on _id, for the record keys, which are conversation ids) and, on the membership cache's
 // first miss for a tenant, that tenant's memberships of those conversations (one query per tenant).
@@ -16,9 +16,13 @@ import (
 // the whole collection, it is most of the pipeline's share of the store's time. Answers are as fresh
 // as the per-partition reads were: taken while the batch is processed, never reused by the next one.
 //
-// A failed read is not retried here: the stages then read for themselves, as without batchReads (and
-// fail transiently if the store is down).
-type batchReads struct {
+// A failed read is not retried here: the stages then read for themselves, as without Reads (and fail
+// transiently if the store is down).
+//
+// Reads is also the authz.Directory the authorize stage hands the Authorizer (authz.Request.Directory):
+// on a membership-cache miss the decision reads from the batch instead of MongoDB, and falls back to the
+// store (authz.StoreDirectory) for what the batch did not read.
+type Reads struct {
 	st  *store.Store
 	ids []string // the batch's record keys, each once
 
@@ -36,28 +40,14 @@ type tenantMembers struct {
 	roles map[[2]string]store.Role // (conversation id, user id) → role
 }
 
-type batchReadsKey struct{}
-
-func newBatchReads(st *store.Store, keys []string) *batchReads {
-	return &batchReads{st: st, ids: keys, members: map[string]*tenantMembers{}}
-}
-
-// withBatchReads returns ctx carrying r (nil r: ctx unchanged).
-func withBatchReads(ctx context.Context, r *batchReads) context.Context {
-	if r == nil {
-		return ctx
-	}
-	return context.WithValue(ctx, batchReadsKey{}, r)
-}
-
-func batchReadsFrom(ctx context.Context) *batchReads {
-	r, _ := ctx.Value(batchReadsKey{}).(*batchReads)
-	return r
+// NewReads returns the reads of a batch whose record keys (conversation ids) are keys, each once.
+func NewReads(st *store.Store, keys []string) *Reads {
+	return &Reads{st: st, ids: keys, members: map[string]*tenantMembers{}}
 }
 
 // conversation answers whether conversation id exists in tenant, and returns it; known is false when the
 // batch read failed or did not cover id (the caller reads it itself).
-func (r *batchReads) conversation(ctx context.Context, tenantID, id string) (c store.Conversation, exists, known bool) {
+func (r *Reads) conversation(ctx context.Context, tenantID, id string) (c store.Conversation, exists, known bool) {
 	r.convOnce.Do(func() {
 		convs, err := r.st.Conversations.GetByIDs(ctx, r.ids)
 		if err != nil {
@@ -80,7 +70,7 @@ func (r *batchReads) conversation(ctx context.Context, tenantID, id string) (c s
 }
 
 // membership answers the membership cache's question; ok is false when the batch reads cannot.
-func (r *batchReads) membership(ctx context.Context, tenantID, conversationID, userID string) (authz.Membership, bool) {
+func (r *Reads) membership(ctx context.Context, tenantID, conversationID, userID string) (authz.Membership, bool) {
 	_, exists, known := r.conversation(ctx, tenantID, conversationID)
 	if !known {
 		return authz.Membership{}, false
@@ -118,17 +108,16 @@ func (r *batchReads) membership(ctx context.Context, tenantID, conversationID, u
 	return authz.Membership{ConversationExists: true, Role: t.roles[[2]string{conversationID, userID}]}, true
 }
 
-// batchDirectory is the authz.Directory of the pipeline's membership cache (asked only on a cache miss):
-// it answers from the batch's reads when it can, else as authz.StoreDirectory does.
-type batchDirectory struct {
-	authz.StoreDirectory
+// Membership implements authz.Directory: from the batch's reads when they cover the question, else from
+// the store.
+func (r *Reads) Membership(ctx context.Context, tenantID, conversationID, userID string) (authz.Membership, error) {
+	if m, ok := r.membership(ctx, tenantID, conversationID, userID); ok {
+		return m, nil
+	}
+	return authz.StoreDirectory{Store: r.st}.Membership(ctx, tenantID, conversationID, userID)
 }
 
-func (d batchDirectory) Membership(ctx context.Context, tenantID, conversationID, userID string) (authz.Membership, error) {
-	if r := batchReadsFrom(ctx); r != nil {
-		if m, ok := r.membership(ctx, tenantID, conversationID, userID); ok {
-			return m, nil
-		}
-	}
-	return d.StoreDirectory.Membership(ctx, tenantID, conversationID, userID)
+// MessageAuthor implements authz.Directory (from the store: the batch reads no messages).
+func (r *Reads) MessageAuthor(ctx context.Context, tenantID, conversationID, messageID string) (string, error) {
+	return authz.StoreDirectory{Store: r.st}.MessageAuthor(ctx, tenantID, conversationID, messageID)
 }

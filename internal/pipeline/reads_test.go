@@ -16,7 +16,7 @@ func TestBatchReads(t *testing.T) {
 	c1 := e.conversation("t1", "alice", "bob")
 	c2 := e.conversation("t2", "carol")
 	other := e.conversation("t1", "dave")
-	r := newBatchReads(e.st, []string{c1.ID, c2.ID, "no-such-conversation"})
+	r := NewReads(e.st, []string{c1.ID, c2.ID, "no-such-conversation"})
 
 	for _, tc := range []struct {
 		name          string
@@ -53,9 +53,9 @@ func TestBatchReads(t *testing.T) {
 		}
 	}
 
-	// The directory falls back to the store for what the batch did not read.
-	d := batchDirectory{authz.StoreDirectory{Store: e.st}}
-	m, err := d.Membership(withBatchReads(ctx, r), "t1", other.ID, "dave")
+	// As an authz.Directory, the reads fall back to the store for what the batch did not read.
+	var d authz.Directory = r
+	m, err := d.Membership(ctx, "t1", other.ID, "dave")
 	if err != nil || m != (authz.Membership{ConversationExists: true, Role: store.RoleOwner}) {
 		t.Fatalf("fallback membership = %+v, %v", m, err)
 	}

@@ -27,12 +27,13 @@ const (
 	StageMetrics = "metrics"
 )
 
-// Stage is one step of the pipeline. Process gets the items of one partition still alive, in offset
-// order, and marks those it cannot handle with Item.Fail; it sets its outputs only on success, so a
-// transient failure can be retried by calling Process again with the failed items.
+// Stage is one step of the pipeline. Process gets a Batch: one partition's items still alive, in offset
+// order, with what the poll's partitions share (its reads). It marks the items it cannot handle with
+// Item.Fail and sets its outputs only on success, so a transient failure can be retried by calling
+// Process again with a batch of the failed items.
 type Stage interface {
 	Name() string
-	Process(ctx context.Context, batch []*Item)
+	Process(ctx context.Context, b *Batch)
 }
 
 // runner runs batches through the stages, retrying transient failures, and records stage metrics.
@@ -87,10 +88,11 @@ func newRunner(stages []Stage, cfg Config, reg prometheus.Registerer, logger *sl
 	return r, nil
 }
 
-// process runs one partition's items through every stage, in order. When it returns nil, every item has
+// process runs one partition's batch through every stage, in order. When it returns nil, every item has
 // either passed all stages or failed for good (to be dead-lettered). It returns an error only when ctx
 // ended while transient failures were still being retried: the batch is then abandoned, uncommitted.
-func (r *runner) process(ctx context.Context, items []*Item) error {
+func (r *runner) process(ctx context.Context, b *Batch) error {
+	items := b.Items
 	live := make([]*Item, 0, len(items))
 	for _, st := range r.stages {
 		live = live[:0]
@@ -102,22 +104,23 @@ func (r *runner) process(ctx context.Context, items []*Item) error {
 		if len(live) == 0 {
 			return nil
 		}
-		if err := r.runStage(ctx, st, live); err != nil {
+		if err := r.runStage(ctx, st, &Batch{Partition: b.Partition, Items: live, Reads: b.Reads}); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// runStage runs st until none of live fails transiently, with capped exponential backoff and jitter
+// runStage runs st until none of b's items fails transiently, with capped exponential backoff and jitter
 // between attempts over the items that failed.
-func (r *runner) runStage(ctx context.Context, st Stage, live []*Item) error {
+func (r *runner) runStage(ctx context.Context, st Stage, b *Batch) error {
 	name := st.Name()
-	var b *backoff.ExponentialBackOff
+	live := b.Items
+	var bo *backoff.ExponentialBackOff
 	for attempt := 1; ; attempt++ {
 		start := time.Now()
 		sctx, cancel := context.WithTimeout(ctx, r.stageTimeout)
-		st.Process(sctx, live)
+		st.Process(sctx, &Batch{Partition: b.Partition, Items: live, Reads: b.Reads})
 		cancel()
 		r.duration.WithLabelValues(name).Observe(time.Since(start).Seconds())
 
@@ -148,15 +151,15 @@ func (r *runner) runStage(ctx context.Context, st Stage, live []*Item) error {
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("stage %s: %d records still failing at shutdown: %w", name, len(retry), err)
 		}
-		if b == nil {
-			b = &backoff.ExponentialBackOff{InitialInterval: r.retryInitial, RandomizationFactor: 0.5, Multiplier: 2, MaxInterval: r.retryMax}
-			b.Reset()
+		if bo == nil {
+			bo = &backoff.ExponentialBackOff{InitialInterval: r.retryInitial, RandomizationFactor: 0.5, Multiplier: 2, MaxInterval: r.retryMax}
+			bo.Reset()
 		}
-		delay := b.NextBackOff()
+		delay := bo.NextBackOff()
 		r.retries.WithLabelValues(name).Inc()
 		first := retry[0]
 		if r.onRetry != nil {
-			r.onRetry(first.Record.Partition)
+			r.onRetry(b.Partition)
 		}
 		r.logger.WarnContext(ctx, "transient failure; retrying the stage (consumption paused)",
 			"stage", name, "attempt", attempt, "records", len(retry), "retry_in", delay.Round(time.Millisecond).String(),

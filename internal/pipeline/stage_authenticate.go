@@ -21,8 +21,8 @@ type authenticateStage struct{ keys Verifier }
 
 func (authenticateStage) Name() string { return StageAuthenticate }
 
-func (s authenticateStage) Process(_ context.Context, batch []*Item) {
-	for _, it := range batch {
+func (s authenticateStage) Process(_ context.Context, b *Batch) {
+	for _, it := range b.Items {
 		if err := envelope.CheckSize(it.Record); err != nil {
 			it.Fail(Permanent, err)
 			continue

@@ -12,8 +12,8 @@ type deserializeStage struct{}
 
 func (deserializeStage) Name() string { return StageDeserialize }
 
-func (deserializeStage) Process(_ context.Context, batch []*Item) {
-	for _, it := range batch {
+func (deserializeStage) Process(_ context.Context, b *Batch) {
+	for _, it := range b.Items {
 		msg, err := envelope.DecodeInbound(it.Record)
 		if err != nil {
 			it.Fail(Permanent, err)

@@ -3,14 +3,7 @@ package pipeline
 import (
 	"context"
 	"fmt"
-	"strings"
-	"sync"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-
-	platformv1 "github.com/msgplatform/platform/gen/platform/v1"
-	"github.com/msgplatform/platform/internal/auth"
 	"github.com/msgplatform/platform/internal/store"
 )
 
@@ -20,23 +13,17 @@ type Conversations interface {
 	GetMany(ctx context.Context, tenantID string, ids []string) (map[string]store.Conversation, error)
 }
 
-// Authorizer is the decision the authorize stage asks for: authz.Authorizer.CanSend, the code the API's
-// interceptor uses too.
-type Authorizer interface {
-	CanSend(ctx context.Context, sender auth.Principal, conversationID string) error
-}
-
 // tenantStage checks that the conversation exists in the envelope's tenant (a conversation of another
 // tenant does not exist) and still takes messages (not archived). It answers from the batch's reads
-// (batchReads: one query for the whole polled batch) when it can, else with one query per tenant for
+// (Batch.Reads: one query for the whole polled batch) when it can, else with one query per tenant for
 // the partition's conversations: a look-up per conversation would cost a round trip each (and, on
 // FerretDB, a scan of the collection each).
 type tenantStage struct{ convs Conversations }
 
 func (tenantStage) Name() string { return StageTenant }
 
-func (s tenantStage) Process(ctx context.Context, batch []*Item) {
-	reads := batchReadsFrom(ctx)
+func (s tenantStage) Process(ctx context.Context, b *Batch) {
+	reads, batch := b.Reads, b.Items
 	type answer struct {
 		conv   store.Conversation
 		exists bool
@@ -77,68 +64,5 @@ func (s tenantStage) Process(ctx context.Context, batch []*Item) {
 		case a.conv.State == store.ConversationArchived:
 			it.Fail(Permanent, fmt.Errorf("conversation %s is archived: it takes no new messages", conv))
 		}
-	}
-}
-
-// authorizeStage asks whether the sender may still send to the conversation, as the API did when it
-// accepted the message: same Authorizer, same principal (sender id, tenant, the token's roles at send
-// time). One decision per (conversation, sender, roles) per batch.
-type authorizeStage struct{ authz Authorizer }
-
-func (authorizeStage) Name() string { return StageAuthorize }
-
-// authorizeParallelism bounds the decisions of one partition's batch asked at the same time: each is a
-// Redis round trip (a MongoDB read on a cache miss), so asking them one by one would leave the batch
-// waiting on the network.
-const authorizeParallelism = 8
-
-func (s authorizeStage) Process(ctx context.Context, batch []*Item) {
-	type key struct{ tenant, conv, sender, roles string }
-	type decision struct {
-		in  *platformv1.InboundMessage
-		err error
-	}
-	index := map[key]int{}
-	var decisions []decision
-	keys := make([]int, len(batch))
-	for i, it := range batch {
-		in := it.Inbound
-		k := key{in.GetTenantId(), in.GetConversationId(), in.GetSenderId(), strings.Join(in.GetSenderRoles(), "\x00")}
-		j, ok := index[k]
-		if !ok {
-			j = len(decisions)
-			index[k] = j
-			decisions = append(decisions, decision{in: in})
-		}
-		keys[i] = j
-	}
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, authorizeParallelism)
-	for j := range decisions {
-		sem <- struct{}{}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			in := decisions[j].in
-			p := auth.Principal{Subject: in.GetSenderId(), TenantID: in.GetTenantId(), Roles: in.GetSenderRoles()}
-			decisions[j].err = s.authz.CanSend(ctx, p, in.GetConversationId())
-		})
-	}
-	wg.Wait()
-	for i, it := range batch {
-		if err := decisions[keys[i]].err; err != nil {
-			in := it.Inbound
-			it.Fail(authzClass(err), fmt.Errorf("sender %s may not send to conversation %s: %w", in.GetSenderId(), in.GetConversationId(), err))
-		}
-	}
-}
-
-// authzClass maps the Authorizer's status codes: a decision (not found, denied, invalid) is permanent;
-// UNAVAILABLE (membership cannot be checked) and anything unexpected are transient.
-func authzClass(err error) Class {
-	switch status.Code(err) {
-	case codes.NotFound, codes.PermissionDenied, codes.InvalidArgument, codes.Unauthenticated, codes.FailedPrecondition:
-		return Permanent
-	default:
-		return Transient
 	}
 }

@@ -24,8 +24,8 @@ type transformStage struct{}
 
 func (transformStage) Name() string { return StageTransform }
 
-func (transformStage) Process(_ context.Context, batch []*Item) {
-	for _, it := range batch {
+func (transformStage) Process(_ context.Context, b *Batch) {
+	for _, it := range b.Items {
 		in := it.Inbound
 		body := envelope.NormalizeBody(in.GetBody())
 		m := store.Message{

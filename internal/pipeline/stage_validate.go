@@ -12,8 +12,8 @@ type validateStage struct{}
 
 func (validateStage) Name() string { return StageValidate }
 
-func (validateStage) Process(_ context.Context, batch []*Item) {
-	for _, it := range batch {
+func (validateStage) Process(_ context.Context, b *Batch) {
+	for _, it := range b.Items {
 		if err := envelope.Validate(it.Inbound); err != nil {
 			it.Fail(Permanent, err)
 		}

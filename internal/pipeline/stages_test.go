@@ -56,7 +56,7 @@ func TestTransform(t *testing.T) {
 	in := validInbound()
 	in.Body = "\t  Cafe\u0301 @bob \n"
 	items := []*Item{{Inbound: in}}
-	transformStage{}.Process(context.Background(), items)
+	transformStage{}.Process(context.Background(), &Batch{Items: items})
 	m := items[0].Message
 	if items[0].Failed() || m.Body != "Caf\u00e9 @bob" || !slices.Equal(m.Mentions, []string{"bob"}) || m.ID != in.GetId() ||
 		!m.CreateTime.Equal(in.GetSendTime().AsTime()) || m.Metadata["k"] != "v" || m.RequestID != in.GetRequestId() {
@@ -81,7 +81,8 @@ type scriptStage struct {
 
 func (s *scriptStage) Name() string { return s.name }
 
-func (s *scriptStage) Process(_ context.Context, batch []*Item) {
+func (s *scriptStage) Process(_ context.Context, b *Batch) {
+	batch := b.Items
 	s.mu.Lock()
 	s.calls++
 	call := s.calls
@@ -125,7 +126,7 @@ func TestRunnerRetriesOnlyTransientFailures(t *testing.T) {
 	}}
 	after := &scriptStage{name: "after", script: func(int, *Item) (Class, error) { return "", nil }}
 	r := testRunner(t, Config{}, flaky, after)
-	if err := r.process(context.Background(), items); err != nil {
+	if err := r.process(context.Background(), &Batch{Items: items}); err != nil {
 		t.Fatal(err)
 	}
 	if flaky.calls != 3 || len(flaky.seen[1]) != 1 || flaky.seen[1][0] != items[1] {
@@ -148,7 +149,7 @@ func TestRunnerRetryTimeoutDeadLettersAsTransient(t *testing.T) {
 	r := testRunner(t, Config{TransientRetryTimeout: time.Minute}, down)
 	now := time.Unix(1000, 0)
 	r.now = func() time.Time { now = now.Add(20 * time.Second); return now }
-	if err := r.process(context.Background(), items); err != nil {
+	if err := r.process(context.Background(), &Batch{Items: items}); err != nil {
 		t.Fatal(err)
 	}
 	if !items[0].Failed() || items[0].Class() != Transient || down.calls != 4 || items[0].attempts != 4 {
@@ -166,7 +167,7 @@ func TestRunnerAbandonsOnShutdown(t *testing.T) {
 		return Transient, errors.New("down")
 	}}
 	r := testRunner(t, Config{}, down)
-	if err := r.process(ctx, items); !errors.Is(err, context.Canceled) {
+	if err := r.process(ctx, &Batch{Items: items}); !errors.Is(err, context.Canceled) {
 		t.Fatalf("process = %v, want abandoned with context.Canceled", err)
 	}
 }
@@ -202,7 +203,7 @@ func TestDeadLetterRecord(t *testing.T) {
 }
 
 func TestConsumerSettings(t *testing.T) {
-	p, err := New(Config{}, []string{"127.0.0.1:1"}, nil, nil, nil, prometheus.NewRegistry(), nil)
+	p, err := New(Config{}, Deps{Kafka: []kgo.Opt{kgo.SeedBrokers("127.0.0.1:1")}, Registry: prometheus.NewRegistry()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -278,7 +279,7 @@ func FuzzAuthenticateDecode(f *testing.F) {
 		}
 		items := []*Item{newItem(rec)}
 		r := testRunner(t, Config{}, authenticateStage{keys: keys}, deserializeStage{}, validateStage{})
-		if err := r.process(context.Background(), items); err != nil {
+		if err := r.process(context.Background(), &Batch{Items: items}); err != nil {
 			t.Fatalf("process: %v", err)
 		}
 		it := items[0]
@@ -289,7 +290,7 @@ func FuzzAuthenticateDecode(f *testing.F) {
 			if it.Inbound == nil || envelope.Validate(it.Inbound) != nil {
 				t.Fatal("passed without a valid envelope")
 			}
-			transformStage{}.Process(context.Background(), items) // must not panic either
+			transformStage{}.Process(context.Background(), &Batch{Items: items}) // must not panic either
 			return
 		}
 		if sign%3 != 1 && it.Stage() != StageAuthenticate {

@@ -3,6 +3,7 @@ package pipeline
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strconv"
 	"strings"
@@ -17,6 +18,7 @@ import (
 	"github.com/msgplatform/platform/internal/envelope"
 	"github.com/msgplatform/platform/internal/health"
 	"github.com/msgplatform/platform/internal/kafka"
+	"github.com/msgplatform/platform/internal/testenv"
 )
 
 // TestOversizedRecordDoesNotBlock: a ~1 MB record, as large as a default client produces (franz-go and
@@ -155,7 +157,16 @@ func TestStallIsVisible(t *testing.T) {
 	e.waitStored(20)
 
 	const stallAfter = time.Second
-	checker := health.NewChecker(p.svc.Dependencies(stallAfter), time.Hour, 5*time.Second, slog.New(slog.DiscardHandler))
+	// The pipeline dependency as internal/app builds it: kafka.StallMonitor on the group's commits.
+	mon := kafka.NewStallMonitor(e.producer, kafka.GroupPipeline, kafka.TopicInbound, stallAfter)
+	checker := health.NewChecker([]health.Dependency{{Name: health.Pipeline, Check: func(ctx context.Context) error {
+		if err := mon.Check(ctx); errors.Is(err, kafka.ErrStalled) {
+			return fmt.Errorf("%w: %w", health.ErrDegraded, err)
+		} else if err != nil {
+			return err
+		}
+		return nil
+	}}}, time.Hour, 5*time.Second, slog.New(slog.DiscardHandler))
 	pipelineStatus := func() health.Result {
 		checker.CheckNow(context.Background())
 		for _, r := range checker.Snapshot().Results {
@@ -191,14 +202,6 @@ func TestStallIsVisible(t *testing.T) {
 	e.checkStored(w)
 }
 
-// eventually polls cond until it holds; the deadline only bounds a hang.
 func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("still waiting for %s after 60s", what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	testenv.Eventually(t, what, time.Minute, cond)
 }

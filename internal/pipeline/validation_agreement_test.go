@@ -16,7 +16,7 @@ func TestValidationAgreesWithTheAPI(t *testing.T) {
 	for _, c := range envelopetest.SendCases() {
 		t.Run(c.Name, func(t *testing.T) {
 			it := newItem(record(c.Inbound("conv-1"), false))
-			if err := r.process(context.Background(), []*Item{it}); err != nil {
+			if err := r.process(context.Background(), &Batch{Items: []*Item{it}}); err != nil {
 				t.Fatal(err)
 			}
 			switch {

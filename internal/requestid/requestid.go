@@ -20,44 +20,15 @@ const maxLen = 128
 
 type ctxKey struct{}
 
-// call is what a call's log line reports. It travels as a pointer so the per-RPC log line, written by an
-// interceptor that runs before authentication, can report who called once authentication has run.
-type call struct {
-	id              string
-	subject, tenant string
-}
-
-func fromCtx(ctx context.Context) *call {
-	c, _ := ctx.Value(ctxKey{}).(*call)
-	return c
-}
-
 // From returns the request id of ctx, or "".
 func From(ctx context.Context) string {
-	if c := fromCtx(ctx); c != nil {
-		return c.id
-	}
-	return ""
+	id, _ := ctx.Value(ctxKey{}).(string)
+	return id
 }
 
 // With returns ctx carrying id.
 func With(ctx context.Context, id string) context.Context {
-	return context.WithValue(ctx, ctxKey{}, &call{id: id})
-}
-
-// SetCaller records the authenticated caller of the call in ctx, for its log line.
-func SetCaller(ctx context.Context, subject, tenant string) {
-	if c := fromCtx(ctx); c != nil {
-		c.subject, c.tenant = subject, tenant
-	}
-}
-
-// Caller returns what SetCaller recorded.
-func Caller(ctx context.Context) (subject, tenant string) {
-	if c := fromCtx(ctx); c != nil {
-		return c.subject, c.tenant
-	}
-	return "", ""
+	return context.WithValue(ctx, ctxKey{}, id)
 }
 
 // New returns a fresh id.

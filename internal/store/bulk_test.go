@@ -153,8 +153,8 @@ func TestBulkWriterMissingFieldsFailAlone(t *testing.T) {
 	}
 }
 
-// fakeErr is a client-side error: neither a server answer nor transient.
-var fakeErr = errors.New("cannot encode document")
+// errClientSide is a client-side error: neither a server answer nor transient.
+var errClientSide = errors.New("cannot encode document")
 
 func TestBulkWriterPerItemClassification(t *testing.T) {
 	s, _ := newTestStore(t)
@@ -215,7 +215,7 @@ func TestClassifyInsert(t *testing.T) {
 			WriteErrors:       []mongo.BulkWriteError{{WriteError: mongo.WriteError{Index: 0, Code: 11000}}},
 			WriteConcernError: &mongo.WriteConcernError{Code: 64, Message: "waiting for replication timed out"},
 		}, []error{errDup, ErrTransient}},
-		{"client-side", fakeErr, []error{errNeedsIsolation, errNeedsIsolation}},
+		{"client-side", errClientSide, []error{errNeedsIsolation, errNeedsIsolation}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -250,7 +250,7 @@ func TestBulkWriterIsolatesClientSideFailure(t *testing.T) {
 	w.insert = func(ctx context.Context, docs []any) error {
 		for _, d := range docs {
 			if d.(messageDoc).ID == msgs[1].ID {
-				return fakeErr
+				return errClientSide
 			}
 		}
 		return real(ctx, docs)

@@ -235,6 +235,9 @@ func (r *DeadLetters) SetClock(now func() time.Time) { r.clock = now }
 // through g.Read, writes through g.Write. Call it before the repository is used.
 func (r *DeadLetters) SetGuard(g *Guard) { r.guard = g }
 
+// Guard returns the guard the repository's calls run through (nil: none).
+func (r *DeadLetters) Guard() *Guard { return r.guard }
+
 // Now returns the repository's clock as stored (UTC, milliseconds).
 func (r *DeadLetters) Now() time.Time { return storeTime(r.clock()) }
 

@@ -10,6 +10,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
+
+	"github.com/msgplatform/platform/internal/testenv"
 )
 
 // newTestGuard returns a guard with a breaker that opens after 3 calls (half of them failing) and cools
@@ -127,10 +129,10 @@ func TestWritesGoThroughBreaker(t *testing.T) {
 	}
 
 	e.srv.Start()
-	waitFor(t, "half-open after the cool-down", func() bool { return g.Breaker.State() == CircuitHalfOpen })
+	testenv.Eventually(t, "half-open after the cool-down", waitLimit, func() bool { return g.Breaker.State() == CircuitHalfOpen })
 	// The driver may still hold the server as unknown for a moment: probe until a write succeeds (a failed
 	// probe re-opens the circuit for another cool-down).
-	waitFor(t, "a successful write", func() bool {
+	testenv.Eventually(t, "a successful write", waitLimit, func() bool {
 		_, _, err := e.st.Messages.InsertMany(ctx, testMessages(conv.ID, "m-back"))
 		return err == nil
 	})

@@ -19,6 +19,7 @@ import (
 //
 // Wire it with PoolMonitor and ServerMonitor (ConnectWithMetrics and ConnectMonitored do).
 type DriverMetrics struct {
+	pools           prometheus.Gauge
 	inUse           prometheus.Gauge
 	checkoutsFailed *prometheus.CounterVec
 	stateChanges    *prometheus.CounterVec
@@ -28,6 +29,10 @@ type DriverMetrics struct {
 // NewDriverMetrics creates the metrics, unregistered: a DriverMetrics is a prometheus.Collector.
 func NewDriverMetrics() *DriverMetrics {
 	m := &DriverMetrics{
+		pools: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: observability.Namespace, Subsystem: "mongodb", Name: "pools",
+			Help: "MongoDB connection pools open in this process: one per server per client (a process opens one client).",
+		}),
 		inUse: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: observability.Namespace, Subsystem: "mongodb", Name: "pool_connections_in_use",
 			Help: "MongoDB connections checked out of the driver's pool (in use by an operation).",
@@ -54,6 +59,7 @@ func NewDriverMetrics() *DriverMetrics {
 
 // Describe implements prometheus.Collector.
 func (m *DriverMetrics) Describe(ch chan<- *prometheus.Desc) {
+	m.pools.Describe(ch)
 	m.inUse.Describe(ch)
 	m.checkoutsFailed.Describe(ch)
 	m.stateChanges.Describe(ch)
@@ -62,6 +68,7 @@ func (m *DriverMetrics) Describe(ch chan<- *prometheus.Desc) {
 
 // Collect implements prometheus.Collector.
 func (m *DriverMetrics) Collect(ch chan<- prometheus.Metric) {
+	m.pools.Collect(ch)
 	m.inUse.Collect(ch)
 	m.checkoutsFailed.Collect(ch)
 	m.stateChanges.Collect(ch)
@@ -87,6 +94,10 @@ func registerDriverMetrics(reg prometheus.Registerer, m *DriverMetrics) (*Driver
 func (m *DriverMetrics) PoolMonitor() *event.PoolMonitor {
 	return &event.PoolMonitor{Event: func(e *event.PoolEvent) {
 		switch e.Type {
+		case event.ConnectionPoolCreated:
+			m.pools.Inc()
+		case event.ConnectionPoolClosed:
+			m.pools.Dec()
 		case event.ConnectionCheckedOut:
 			m.inUse.Inc()
 		case event.ConnectionCheckedIn:

@@ -46,10 +46,10 @@ func TestPoolMetricsInUseDuringQuery(t *testing.T) {
 	// An outage: heartbeats fail and the server's kind changes to Unknown.
 	e.srv.Stop()
 	_, _ = e.st.Conversations.Get(ctx, "t1", "none")
-	waitFor(t, "the server to be seen Unknown", func() bool {
+	testenv.Eventually(t, "the server to be seen Unknown", waitLimit, func() bool {
 		return testutil.ToFloat64(m.stateChanges.WithLabelValues("Unknown")) >= 1
 	})
-	waitFor(t, "a failed heartbeat", func() bool { return testutil.ToFloat64(m.heartbeatsFail) >= 1 })
+	testenv.Eventually(t, "a failed heartbeat", waitLimit, func() bool { return testutil.ToFloat64(m.heartbeatsFail) >= 1 })
 	e.srv.Start()
 }
 

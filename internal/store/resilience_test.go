@@ -52,17 +52,8 @@ func newOutageEnv(t *testing.T, extra ...func(*options.ClientOptions)) *outageEn
 	return e
 }
 
-// waitFor polls cond until it holds or a generous bound passes (a hang guard, not a timing assertion).
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("gave up waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
+// waitLimit is a generous bound on the waits of these tests (a hang guard, not a timing assertion).
+const waitLimit = 60 * time.Second
 
 func TestRetryable(t *testing.T) {
 	dup := mongo.WriteException{WriteErrors: []mongo.WriteError{{Code: 11000, Message: "E11000 duplicate key"}}}
@@ -239,13 +230,13 @@ func TestBreakerOpensFailsFastAndRecovers(t *testing.T) {
 	}
 
 	e.srv.Start()
-	waitFor(t, "half-open after the cool-down", func() bool { return b.State() == CircuitHalfOpen })
+	testenv.Eventually(t, "half-open after the cool-down", waitLimit, func() bool { return b.State() == CircuitHalfOpen })
 	if state() != 1 {
 		t.Fatalf("platform_store_circuit_state = %v while half-open, want 1", state())
 	}
 	// The driver may still hold the server as unknown for a moment: probe until one succeeds (a failed
 	// probe re-opens the circuit for another cool-down).
-	waitFor(t, "a successful probe", func() bool { return get(conv.ID) == nil })
+	testenv.Eventually(t, "a successful probe", waitLimit, func() bool { return get(conv.ID) == nil })
 	if b.State() != CircuitClosed || state() != 0 || b.Check(ctx) != nil {
 		t.Fatalf("after a successful probe the breaker is %s (gauge %v), want closed", b.State(), state())
 	}
@@ -314,7 +305,7 @@ func TestNoWriteLostOrDuplicatedAcrossRestart(t *testing.T) {
 	e.srv.Stop()
 	close(stopped)
 	<-outage
-	waitFor(t, "the circuit to open", func() bool { return b.State() == CircuitOpen })
+	testenv.Eventually(t, "the circuit to open", waitLimit, func() bool { return b.State() == CircuitOpen })
 	e.srv.Start()
 	if err := <-done; err != nil {
 		t.Fatal(err)

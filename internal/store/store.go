@@ -62,6 +62,9 @@ func (s *Store) SetClock(now func() time.Time) { s.core.clock = now }
 // before the store is used.
 func (s *Store) SetGuard(g *Guard) { s.core.guard = g }
 
+// Guard returns the guard the repositories' calls run through (nil: none).
+func (s *Store) Guard() *Guard { return s.core.guard }
+
 // Database returns the database the store works on.
 func (s *Store) Database() *mongo.Database { return s.core.db }
 

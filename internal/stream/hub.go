@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"slices"
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -72,19 +73,19 @@ const (
 	RejectUndecodable  = "undecodable"
 )
 
-// NewHub returns a hub reading messages.events from its end over a new client to brokers. Only events
+// NewHub returns a hub reading messages.events from its end over a new client connecting with kafkaOpts
+// (seed brokers, TLS, SASL). Only events
 // whose signature keys verify are dispatched: anyone able to produce to the topic could otherwise show
 // subscribers messages nobody sent.
-func NewHub(brokers []string, keys Verifier, reg prometheus.Registerer, logger *slog.Logger) (*Hub, error) {
+func NewHub(kafkaOpts []kgo.Opt, keys Verifier, reg prometheus.Registerer, logger *slog.Logger) (*Hub, error) {
 	if keys == nil {
 		return nil, errors.New("stream hub: no keys to verify events with")
 	}
-	client, err := kgo.NewClient(
-		kgo.SeedBrokers(brokers...),
+	client, err := kgo.NewClient(append(slices.Clone(kafkaOpts),
 		kgo.ConsumeTopics(kafka.TopicEvents),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtEnd()),
 		kgo.ClientID("platform-gateway-streams"),
-	)
+	)...)
 	if err != nil {
 		return nil, err
 	}

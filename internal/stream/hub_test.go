@@ -51,7 +51,7 @@ func startHub(t *testing.T) *hubEnv {
 	}
 	t.Cleanup(e.manual.Close)
 	logger := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelError}))
-	if e.hub, err = stream.NewHub([]string{e.broker}, e.keys, e.reg, logger); err != nil {
+	if e.hub, err = stream.NewHub([]kgo.Opt{kgo.SeedBrokers(e.broker)}, e.keys, e.reg, logger); err != nil {
 		t.Fatal(err)
 	}
 	e.ctx, e.stop = context.WithTimeout(context.Background(), time.Minute)
@@ -414,7 +414,7 @@ func TestHubRunEndsSubscriptionsWhenContextEnds(t *testing.T) {
 }
 
 func TestNewHubRefusesNilKeys(t *testing.T) {
-	if _, err := stream.NewHub([]string{"127.0.0.1:1"}, nil, prometheus.NewRegistry(), slog.Default()); err == nil {
+	if _, err := stream.NewHub([]kgo.Opt{kgo.SeedBrokers("127.0.0.1:1")}, nil, prometheus.NewRegistry(), slog.Default()); err == nil {
 		t.Fatal("NewHub with no keys succeeded")
 	}
 }
@@ -422,12 +422,12 @@ func TestNewHubRefusesNilKeys(t *testing.T) {
 func TestNewHubRefusesDuplicateMetrics(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	keys := testenv.SigningKeys(t)
-	h, err := stream.NewHub([]string{"127.0.0.1:1"}, keys, reg, slog.Default())
+	h, err := stream.NewHub([]kgo.Opt{kgo.SeedBrokers("127.0.0.1:1")}, keys, reg, slog.Default())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer h.Close()
-	if _, err := stream.NewHub([]string{"127.0.0.1:1"}, keys, reg, slog.Default()); err == nil {
+	if _, err := stream.NewHub([]kgo.Opt{kgo.SeedBrokers("127.0.0.1:1")}, keys, reg, slog.Default()); err == nil {
 		t.Fatal("a second hub registered the same metrics")
 	}
 }

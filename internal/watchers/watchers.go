@@ -1,76 +1,55 @@
-// Package watchers wires the change-stream reactions: membership changes made outside the API (a
-// migration, an operator's script) invalidate the membership cache, and message changes become events on
-// messages.events. The store watches; this package decides what a change means (store knows no policy).
+// Package watchers decides what a change made outside the API means: membership changes (a migration, an
+// operator's script) invalidate the membership cache, and message changes become events on
+// messages.events. The store watches (internal/store/changes); this package holds the policy handlers.
+//
+// Run it in ONE process of a deployment (WATCHERS_ENABLED=false on the others): replicas would each emit
+// the same (deduplicated) events and share the resume-token keys in Redis.
 package watchers
 
 import (
 	"context"
 	"fmt"
 	"log/slog"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
+	"go.mongodb.org/mongo-driver/v2/mongo"
 
-	"github.com/msgplatform/platform/internal/authz"
-	"github.com/msgplatform/platform/internal/config"
-	"github.com/msgplatform/platform/internal/events"
-	"github.com/msgplatform/platform/internal/kafka"
 	"github.com/msgplatform/platform/internal/store"
 	"github.com/msgplatform/platform/internal/store/changes"
 )
 
-// Serve connects to MongoDB, Redis and Kafka, watches the memberships and messages collections until ctx
-// ends, and closes its connections. On a server without change streams (FerretDB) it logs once, sets
-// platform_change_streams_supported to 0 and returns nil. Run it in ONE process: replicas would each emit
-// the same (deduplicated) events and share the resume-token keys.
-func Serve(ctx context.Context, cfg config.Config, reg prometheus.Registerer, logger *slog.Logger) error {
-	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	mc, err := store.Connect(cctx, cfg.MongoURI)
-	if err != nil {
-		return fmt.Errorf("change streams: %w", err)
-	}
-	defer func() { _ = mc.Disconnect(context.Background()) }()
-	ropts, err := redis.ParseURL(cfg.RedisURL)
-	if err != nil {
-		return fmt.Errorf("change streams: REDIS_URL: %w", err)
-	}
-	rdb := redis.NewClient(ropts)
-	defer rdb.Close()
-	producer, err := kafka.NewProducer(cfg.KafkaBrokers, cfg.ProduceTimeout)
-	if err != nil {
-		return fmt.Errorf("change streams: %w", err)
-	}
-	defer func() {
-		fctx, fcancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
-		defer fcancel()
-		_ = producer.Flush(fctx)
-		producer.Close()
-	}()
+// Deps are what the watchers work with; the process's composition root provides them.
+type Deps struct {
+	Database *mongo.Database
+	// Redis keeps the resume tokens.
+	Redis redis.UniversalClient
+	// Cache is invalidated on membership changes (*authz.MembershipCache, the process's own).
+	Cache Invalidator
+	// Publisher publishes message events (*events.Publisher, the process's own).
+	Publisher Publisher
+	Registry  prometheus.Registerer
+	Logger    *slog.Logger
+}
 
-	db := mc.Database(cfg.MongoDatabase)
-	st := store.New(db)
-	// The reactions' own cache and publisher metrics would clash with the pipeline's on the same registry;
-	// the change-stream metrics below are the ones exported.
-	private := prometheus.NewRegistry()
-	cache, err := authz.NewMembershipCache(rdb, authz.StoreDirectory{Store: st}, authz.CacheConfig{}, private, logger)
-	if err != nil {
-		return err
-	}
-	publisher, err := events.NewPublisher(producer, cfg.KafkaSigningKeys, private)
-	if err != nil {
-		return err
-	}
+// Watchers watch the memberships and messages collections.
+type Watchers struct{ m *changes.Manager }
+
+// New returns the watchers over d; nothing runs until Run.
+func New(d Deps) (*Watchers, error) {
 	m, err := changes.New(changes.Config{
-		Database: db, Tokens: changes.NewRedisTokens(rdb), Registerer: reg, Logger: logger,
+		Database: d.Database, Tokens: changes.NewRedisTokens(d.Redis), Registerer: d.Registry, Logger: d.Logger,
 		Watches: []changes.Watch{
-			{Collection: store.MembershipsCollection, Handler: MembershipInvalidator{Cache: cache}},
-			{Collection: store.MessagesCollection, Handler: MessageEvents{Publisher: publisher}},
+			{Collection: store.MembershipsCollection, Handler: MembershipInvalidator{Cache: d.Cache}},
+			{Collection: store.MessagesCollection, Handler: MessageEvents{Publisher: d.Publisher}},
 		},
 	})
 	if err != nil {
-		return fmt.Errorf("change streams: %w", err)
+		return nil, fmt.Errorf("change streams: %w", err)
 	}
-	return m.Run(ctx)
+	return &Watchers{m: m}, nil
 }
+
+// Run watches until ctx ends. On a server without change streams (FerretDB) it logs once, sets
+// platform_change_streams_supported to 0 and returns nil.
+func (w *Watchers) Run(ctx context.Context) error { return w.m.Run(ctx) }

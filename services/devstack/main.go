@@ -16,12 +16,7 @@ import (
 )
 
 func main() {
-	cfg, err := config.Load(func(name string) string {
-		if v := os.Getenv(name); v != "" || name != "LOG_FORMAT" {
-			return v
-		}
-		return "text" // a developer's terminal reads text more easily than JSON
-	})
+	cfg, err := config.FromEnvWithDefaults(config.DevstackDefaults)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "devstack:", err)
 		os.Exit(2)
@@ -35,14 +30,14 @@ func main() {
 platform devstack is up (embedded: %s)
   gRPC         %s   grpcurl -plaintext 127.0.0.1:%s list
   REST         http://%s   curl http://127.0.0.1:%s/v1/health
-  metrics      http://%s/metrics (gateway), http://%s/metrics (pipeline, DLQ, watchers)
+  metrics      http://%s/metrics
   kafka        %s   kcat -b %s -L
   mongodb      %s
   redis        %s
   signing key  %s
 Ctrl-C stops it (twice forces).
 
-`, strings.Join(a.Embedded, ", "), a.GRPC, port(a.GRPC), a.HTTP, port(a.HTTP), a.Metrics, a.PipelineMetrics, a.Kafka, a.Kafka, a.MongoURI, a.RedisURL,
+`, strings.Join(a.Embedded, ", "), a.GRPC, port(a.GRPC), a.HTTP, port(a.HTTP), a.Metrics, a.Kafka, a.Kafka, a.MongoURI, a.RedisURL,
 			signingKey(a.SigningKeyFile))
 	})
 	if err != nil {

@@ -1,5 +1,6 @@
 // Command gateway serves the platform.v1 API over gRPC and REST (grpc-gateway), with grpc.health.v1,
-// reflection, /healthz, /readyz and /metrics. Configuration comes from the environment (see README).
+// reflection, /healthz, /readyz and /metrics. Configuration comes from the environment (internal/config);
+// what runs, and in which order it stops, is internal/app.Run with the gateway role.
 package main
 
 import (
@@ -7,11 +8,11 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/msgplatform/platform/internal/app"
 	"github.com/msgplatform/platform/internal/auth"
 	"github.com/msgplatform/platform/internal/config"
 	"github.com/msgplatform/platform/internal/lifecycle"
 	"github.com/msgplatform/platform/internal/observability"
-	"github.com/msgplatform/platform/internal/gateway"
 )
 
 func main() {
@@ -27,7 +28,7 @@ func main() {
 	logger := observability.NewLogger(os.Stderr, cfg.LogLevel, cfg.LogFormat)
 	ctx, stop := lifecycle.SignalContext(context.Background(), logger)
 	defer stop()
-	if err := gateway.Serve(ctx, cfg, logger, nil); err != nil {
+	if err := app.Run(ctx, cfg, logger, app.Roles{Gateway: true}, nil); err != nil {
 		logger.Error("gateway failed", "error", err)
 		os.Exit(1)
 	}

@@ -53,9 +53,8 @@ func StartPlatform(tb testing.TB) *Platform {
 	vars := map[string]string{
 		"KAFKA_BROKERS": testenv.Kafka(tb), "MONGO_URI": testenv.Mongo(tb), "REDIS_URL": testenv.Redis(tb), "KAFKA_SIGNING_KEYS": testenv.SigningKeysSpec,
 		"GRPC_ADDR": "127.0.0.1:0", "HTTP_ADDR": "127.0.0.1:0", "METRICS_ADDR": "127.0.0.1:0",
-		"DEVSTACK_PIPELINE_METRICS_ADDR": "127.0.0.1:0",
-		"AUTH_HMAC_SECRET":               auth.DevHMACSecret,
-		"SHUTDOWN_DRAIN_DELAY":           "100ms", "SHUTDOWN_TIMEOUT": "10s",
+		"AUTH_HMAC_SECRET":     auth.DevHMACSecret,
+		"SHUTDOWN_DRAIN_DELAY": "100ms", "SHUTDOWN_TIMEOUT": "10s",
 		"LOG_FORMAT": "text", "LOG_LEVEL": "warn",
 	}
 	cfg, err := config.Load(func(k string) string { return vars[k] })

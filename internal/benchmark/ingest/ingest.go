@@ -14,15 +14,16 @@ package ingest
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"slices"
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.mongodb.org/mongo-driver/v2/bson"
@@ -30,9 +31,9 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	platformv1 "github.com/msgplatform/platform/gen/platform/v1"
+	"github.com/msgplatform/platform/internal/app"
 	"github.com/msgplatform/platform/internal/config"
 	"github.com/msgplatform/platform/internal/kafka"
-	"github.com/msgplatform/platform/internal/pipeline"
 	"github.com/msgplatform/platform/internal/store"
 	"github.com/msgplatform/platform/internal/testenv"
 )
@@ -63,8 +64,6 @@ type Options struct {
 	CeilingChunk int
 	// Tenants, Conversations (per tenant) and Members (per conversation) shape the workload.
 	Tenants, Conversations, Members int
-	// Pipeline is the pipeline's configuration (zero: production defaults).
-	Pipeline pipeline.Config
 	// Logger receives the pipeline's logs (nil: discarded).
 	Logger *slog.Logger
 }
@@ -179,6 +178,7 @@ func setup(tb testing.TB, opts Options) (*bench, error) {
 	vars := map[string]string{
 		"KAFKA_BROKERS": testenv.Kafka(tb), "MONGO_URI": testenv.Mongo(tb), "MONGO_DATABASE": "platform",
 		"REDIS_URL": testenv.Redis(tb), "SHUTDOWN_TIMEOUT": "30s", "KAFKA_SIGNING_KEYS": testenv.SigningKeysSpec,
+		"HTTP_ADDR": "127.0.0.1:0", "METRICS_ADDR": "127.0.0.1:0", "SHUTDOWN_DRAIN_DELAY": "0s", "WATCHERS_ENABLED": "false",
 	}
 	cfg, err := config.Load(func(k string) string { return vars[k] })
 	if err != nil {
@@ -260,26 +260,36 @@ func (b *bench) round(r int) (Round, error) {
 	return out, nil
 }
 
-// runPipeline opens the pipeline as services/pipeline does and measures the time from Run until its
-// counter of stored messages reaches the backlog; it then stops it gracefully and checks the count.
+// runPipeline runs the pipeline role of the production composition root (app.Run, as services/pipeline
+// does) and measures the time from its start until its counter of stored messages, read from its
+// /metrics endpoint, reaches the backlog; it then stops it gracefully and checks the count.
 func (b *bench) runPipeline(r int) (float64, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), phaseTimeout)
 	defer cancel()
-	reg := prometheus.NewRegistry()
-	svc, err := pipeline.Open(ctx, b.cfg, b.opts.Pipeline, reg, b.opts.Logger)
-	if err != nil {
-		return 0, err
-	}
 	runCtx, stop := context.WithCancel(context.Background())
 	defer stop()
+	ready := make(chan app.Addresses, 1)
 	exited := make(chan error, 1)
+	logger := b.opts.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
 	start := time.Now()
-	go func() { exited <- svc.Run(runCtx) }()
+	go func() {
+		exited <- app.Run(runCtx, b.cfg, logger, app.Roles{Pipeline: true}, func(a app.Addresses) { ready <- a })
+	}()
+	var metricsURL string
+	select {
+	case a := <-ready:
+		metricsURL = "http://" + a.Metrics + "/metrics"
+	case err := <-exited:
+		return 0, fmt.Errorf("pipeline did not start: %w", err)
+	}
 
 	want := float64(b.opts.Records)
 	var elapsed time.Duration
 	for {
-		stored, dead, err := pipelineCounts(reg)
+		stored, dead, err := pipelineCounts(ctx, metricsURL)
 		if err != nil {
 			return 0, err
 		}
@@ -299,10 +309,7 @@ func (b *bench) runPipeline(r int) (float64, error) {
 		}
 	}
 	stop()
-	runErr := <-exited
-	closeCtx, cancelClose := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancelClose()
-	if err := errors.Join(runErr, svc.Close(closeCtx)); err != nil {
+	if err := <-exited; err != nil {
 		return 0, fmt.Errorf("stop the pipeline: %w", err)
 	}
 	checkStart := time.Now()
@@ -313,10 +320,20 @@ func (b *bench) runPipeline(r int) (float64, error) {
 	return want / elapsed.Seconds(), nil
 }
 
-// pipelineCounts reads the pipeline's counters: messages through every stage (stored or duplicate),
-// and dead letters.
-func pipelineCounts(reg *prometheus.Registry) (stored, dead float64, err error) {
-	mfs, err := reg.Gather()
+// pipelineCounts reads the pipeline's counters from its /metrics: messages through every stage (stored or
+// duplicate), and dead letters.
+func pipelineCounts(ctx context.Context, url string) (stored, dead float64, err error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return 0, 0, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, 0, fmt.Errorf("pipeline metrics: %w", err)
+	}
+	defer resp.Body.Close()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	mfs, err := parser.TextToMetricFamilies(resp.Body)
 	if err != nil {
 		return 0, 0, fmt.Errorf("pipeline metrics: %w", err)
 	}

@@ -117,7 +117,7 @@ func newAuthzSetup(tb testing.TB) (*authzSetup, error) {
 	}
 	access := authz.NewInterceptor(verifier, authorizer)
 
-	authConn, err := serve(tb, func(gs *grpc.Server) error { return access.LoadRules(gs.GetServiceInfo()) }, grpc.ChainUnaryInterceptor(access.Unary()))
+	authConn, err := serve(tb, func(gs *grpc.Server) error { return access.LoadRules(gs.GetServiceInfo()) }, grpc.ChainUnaryInterceptor(access.AuthenticateUnary(), access.AuthorizeUnary()))
 	if err != nil {
 		return nil, err
 	}

@@ -13,7 +13,7 @@ import (
 	platformv1 "github.com/msgplatform/platform/gen/platform/v1"
 )
 
-// The authorized path really authorizes: every measured call is an OK decision of the authorizer, served
+// The authorized path really authorizes: every measured call is an allow decision of the authorizer, served
 // by the in-process cache, and a non-member or an anonymous caller is refused on the very same path,
 // while the plain server answers anyone.
 func TestMeasureAuthzGoesThroughAuthorization(t *testing.T) {
@@ -21,7 +21,7 @@ func TestMeasureAuthzGoesThroughAuthorization(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	before := counter(t, s, "platform_authz_decisions_total", `permission="conversation.read",result="OK"`)
+	before := counter(t, s, "platform_authz_decisions_total", `permission="conversation.read",result="allow"`)
 	l1Before := counter(t, s, "platform_membership_cache_lookups_total", `result="local_hit"`)
 	const rounds, calls = 3, 20
 	res, err := s.measure(rounds, calls)
@@ -32,8 +32,8 @@ func TestMeasureAuthzGoesThroughAuthorization(t *testing.T) {
 		t.Fatalf("result = %+v", res)
 	}
 	authorized := float64(rounds*calls + 5) // the measured calls and alternate's warm-up
-	if got := counter(t, s, "platform_authz_decisions_total", `permission="conversation.read",result="OK"`) - before; got != authorized {
-		t.Errorf("OK decisions during the measurement = %v, want %v (one per authorized call)", got, authorized)
+	if got := counter(t, s, "platform_authz_decisions_total", `permission="conversation.read",result="allow"`) - before; got != authorized {
+		t.Errorf("allow decisions during the measurement = %v, want %v (one per authorized call)", got, authorized)
 	}
 	if got := counter(t, s, "platform_membership_cache_lookups_total", `result="local_hit"`) - l1Before; got != authorized {
 		t.Errorf("in-process cache hits = %v, want %v: the cache was not warm", got, authorized)

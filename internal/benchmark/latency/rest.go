@@ -17,9 +17,9 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	platformv1 "github.com/msgplatform/platform/gen/platform/v1"
+	"github.com/msgplatform/platform/internal/app"
 	"github.com/msgplatform/platform/internal/auth"
 	"github.com/msgplatform/platform/internal/config"
-	gw "github.com/msgplatform/platform/internal/gateway"
 	"github.com/msgplatform/platform/internal/testenv"
 )
 
@@ -33,7 +33,7 @@ type RESTResult struct {
 
 // MeasureRESTvsGRPC measures GetConversation through REST (grpc-gateway, which reaches the gRPC server
 // over its loopback client connection, so every interceptor runs) against the same call over gRPC, on
-// ONE gateway started by gw.Serve over FerretDB, redis-server and kfake, with the same token and
+// ONE gateway started by app.Run (the gateway role) over FerretDB, redis-server and kfake, with the same token and
 // conversation. Both paths run the whole production chain, authorization and the MongoDB read included.
 func MeasureRESTvsGRPC(tb testing.TB, rounds, calls int) (RESTResult, error) {
 	g, err := newGateway(tb)
@@ -81,10 +81,12 @@ func newGateway(tb testing.TB) (*gateway, error) {
 	// As in production: one JSON log line per call (the handler's cost counts), written nowhere.
 	logger := slog.New(slog.NewJSONHandler(io.Discard, nil))
 	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan *gw.Server, 1)
+	ready := make(chan app.Addresses, 1)
 	done := make(chan error, 1)
-	go func() { done <- gw.Serve(ctx, cfg, logger, func(s *gw.Server) { ready <- s }) }()
-	var srv *gw.Server
+	go func() {
+		done <- app.Run(ctx, cfg, logger, app.Roles{Gateway: true}, func(a app.Addresses) { ready <- a })
+	}()
+	var srv app.Addresses
 	select {
 	case srv = <-ready:
 	case err := <-done:
@@ -96,7 +98,7 @@ func newGateway(tb testing.TB) (*gateway, error) {
 	}
 	tb.Cleanup(func() { cancel(); <-done })
 
-	conn, err := grpc.NewClient(srv.GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(srv.GRPC, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return nil, err
 	}
@@ -104,8 +106,8 @@ func newGateway(tb testing.TB) (*gateway, error) {
 	g := &gateway{
 		grpc:    platformv1.NewConversationServiceClient(conn),
 		http:    &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4}, Timeout: 10 * time.Second},
-		rest:    "http://" + srv.HTTPAddr(),
-		metrics: "http://" + srv.MetricsAddr() + "/metrics",
+		rest:    "http://" + srv.HTTP,
+		metrics: "http://" + srv.Metrics + "/metrics",
 	}
 	tb.Cleanup(g.http.CloseIdleConnections)
 	for _, c := range []struct {

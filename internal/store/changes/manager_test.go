@@ -174,16 +174,8 @@ func (h *harness) shutdown(t *testing.T) {
 	}
 }
 
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
+// waitLimit bounds the waits for the manager's asynchronous work (a hang guard, not a timing assertion).
+const waitLimit = 10 * time.Second
 
 func changeStreamStage(t *testing.T, agg bson.Raw) bson.Raw {
 	t.Helper()
@@ -221,8 +213,8 @@ func TestContractEventsInOrderTokenSavedAfterEach(t *testing.T) {
 	rec := &recorder{tokens: tokens, stream: testDB + ".memberships"}
 	h := start(t, connect(t, r.URI()), tokens, Watch{Collection: "memberships", Handler: rec})
 
-	eventually(t, "3 events", func() bool { evs, _ := rec.got(); return len(evs) == 3 })
-	eventually(t, "token 4 saved", func() bool { return bytes.Equal(tokens.current(rec.stream), rawToken(t, 4)) })
+	testenv.Eventually(t, "3 events", waitLimit, func() bool { evs, _ := rec.got(); return len(evs) == 3 })
+	testenv.Eventually(t, "token 4 saved", waitLimit, func() bool { return bytes.Equal(tokens.current(rec.stream), rawToken(t, 4)) })
 	evs, savedThen := rec.got()
 	for i, want := range []struct{ op, id string }{{OpInsert, memberID("u2")}, {OpUpdate, memberID("u3")}, {OpDelete, memberID("u4")}} {
 		id, _ := evs[i].ID().StringValueOK()
@@ -263,7 +255,7 @@ func TestContractEmptyBatchSavesPostBatchResumeToken(t *testing.T) {
 	rec := &recorder{tokens: tokens, stream: testDB + ".messages"}
 	start(t, connect(t, r.URI()), tokens, Watch{Collection: "messages", Handler: rec})
 
-	eventually(t, "token 6 saved", func() bool { return bytes.Equal(tokens.current(rec.stream), rawToken(t, 6)) })
+	testenv.Eventually(t, "token 6 saved", waitLimit, func() bool { return bytes.Equal(tokens.current(rec.stream), rawToken(t, 6)) })
 	tokensEqual(t, "saves", tokens.saved(), 1, 5, 6) // an unchanged PBRT is not saved again
 	if evs, _ := rec.got(); len(evs) != 0 {
 		t.Errorf("handler called on empty batches: %v", evs)
@@ -291,7 +283,7 @@ func TestContractRestartResumesWithStartAfter(t *testing.T) {
 	first := newMemTokens(redisStore)
 	rec := &recorder{tokens: first, stream: testDB + ".messages"}
 	h1 := start(t, db, first, Watch{Collection: "messages", Handler: rec})
-	eventually(t, "token 2 saved", func() bool { return bytes.Equal(first.current(rec.stream), rawToken(t, 2)) })
+	testenv.Eventually(t, "token 2 saved", waitLimit, func() bool { return bytes.Equal(first.current(rec.stream), rawToken(t, 2)) })
 	h1.shutdown(t)
 
 	second := newMemTokens(redisStore)
@@ -300,7 +292,7 @@ func TestContractRestartResumesWithStartAfter(t *testing.T) {
 	// The restart's aggregate must carry startAfter = the token saved before the restart. (Found by content,
 	// not position: a driver-internal resume of the stopped stream may reach the responder late.)
 	var cs bson.Raw
-	eventually(t, "aggregate with startAfter token 2", func() bool {
+	testenv.Eventually(t, "aggregate with startAfter token 2", waitLimit, func() bool {
 		for _, agg := range r.receivedAggregates()[1:] {
 			c := changeStreamStage(t, agg)
 			if sa, err := c.LookupErr("startAfter"); err == nil && bytes.Equal(sa.Document(), rawToken(t, 2)) {
@@ -315,7 +307,7 @@ func TestContractRestartResumesWithStartAfter(t *testing.T) {
 	}
 	r.push("messages", step{Events: []bson.D{
 		changeEvent(3, OpInsert, testDB, "messages", "m3", bson.D{{Key: "_id", Value: "m3"}})}, PBRT: token(3)})
-	eventually(t, "event 3 after restart", func() bool { evs, _ := rec2.got(); return len(evs) == 1 })
+	testenv.Eventually(t, "event 3 after restart", waitLimit, func() bool { evs, _ := rec2.got(); return len(evs) == 1 })
 	if got := testutil.ToFloat64(h2.m.resumes.WithLabelValues("messages")); got != 1 {
 		t.Errorf("resumes_total = %v, want 1", got)
 	}
@@ -335,7 +327,7 @@ func TestContractInvalidateReopensWithStartAfter(t *testing.T) {
 	rec := &recorder{tokens: tokens, stream: testDB + ".messages"}
 	h := start(t, connect(t, r.URI()), tokens, Watch{Collection: "messages", Handler: rec})
 
-	eventually(t, "event after invalidate", func() bool { evs, _ := rec.got(); return len(evs) == 1 })
+	testenv.Eventually(t, "event after invalidate", waitLimit, func() bool { evs, _ := rec.got(); return len(evs) == 1 })
 	aggs := r.receivedAggregates()
 	if len(aggs) != 2 {
 		t.Fatalf("aggregates = %d, want 2", len(aggs))
@@ -343,7 +335,7 @@ func TestContractInvalidateReopensWithStartAfter(t *testing.T) {
 	if sa, err := changeStreamStage(t, aggs[1]).LookupErr("startAfter"); err != nil || !bytes.Equal(sa.Document(), rawToken(t, 2)) {
 		t.Fatalf("reopen after invalidate = %v, want startAfter the invalidate token", changeStreamStage(t, aggs[1]))
 	}
-	eventually(t, "token 3 saved", func() bool { return bytes.Equal(tokens.current(rec.stream), rawToken(t, 3)) })
+	testenv.Eventually(t, "token 3 saved", waitLimit, func() bool { return bytes.Equal(tokens.current(rec.stream), rawToken(t, 3)) })
 	tokensEqual(t, "saves", tokens.saved(), 1, 2, 3)
 	if got := testutil.ToFloat64(h.m.events.WithLabelValues("messages", OpInvalidate)); got != 1 {
 		t.Errorf("events_total{invalidate} = %v", got)
@@ -374,7 +366,7 @@ func TestContractHistoryLostRestartsFromNow(t *testing.T) {
 			rec := &recorder{tokens: tokens, stream: stream}
 			h := start(t, connect(t, r.URI()), tokens, Watch{Collection: "messages", Handler: rec})
 
-			eventually(t, "token 10 saved", func() bool { return bytes.Equal(tokens.current(stream), rawToken(t, 10)) })
+			testenv.Eventually(t, "token 10 saved", waitLimit, func() bool { return bytes.Equal(tokens.current(stream), rawToken(t, 10)) })
 			aggs := r.receivedAggregates()
 			if len(aggs) != 2 {
 				t.Fatalf("aggregates = %d, want 2", len(aggs))
@@ -410,7 +402,7 @@ func TestContractErrorsReopenWithBackoff(t *testing.T) {
 	rec := &recorder{tokens: tokens, stream: testDB + ".messages", failOnce: true}
 	h := start(t, connect(t, r.URI()), tokens, Watch{Collection: "messages", Handler: rec})
 
-	eventually(t, "event handled after a failure", func() bool { evs, _ := rec.got(); return len(evs) == 1 })
+	testenv.Eventually(t, "event handled after a failure", waitLimit, func() bool { evs, _ := rec.got(); return len(evs) == 1 })
 	aggs := r.receivedAggregates()
 	if len(aggs) != 3 {
 		t.Fatalf("aggregates = %d, want 3 (error, open, reopen after handler error)", len(aggs))

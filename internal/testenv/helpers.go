@@ -1,0 +1,49 @@
+package testenv
+
+import (
+	"maps"
+	"testing"
+	"time"
+
+	"github.com/msgplatform/platform/internal/config"
+)
+
+// TestHMACSecret is the AUTH_HMAC_SECRET of Config: tests mint tokens with it.
+const TestHMACSecret = "platform-test-hmac-secret-0123456789abcdef"
+
+// Config returns the platform's configuration as a test runs it, loaded through config.Load (so it is
+// validated exactly as in production): every listener on a free loopback port, the test signing keys and
+// HMAC secret, no drain delay, short timeouts and health interval. vars add or override variables
+// (KAFKA_BROKERS, MONGO_URI, REDIS_URL in particular; an empty value restores the default).
+func Config(tb testing.TB, vars map[string]string) config.Config {
+	tb.Helper()
+	env := map[string]string{
+		"GRPC_ADDR": "127.0.0.1:0", "HTTP_ADDR": "127.0.0.1:0", "METRICS_ADDR": "127.0.0.1:0",
+		"DEVSTACK_KAFKA_ADDR": "127.0.0.1:0", "DEVSTACK_MONGO_ADDR": "127.0.0.1:0", "DEVSTACK_REDIS_ADDR": "127.0.0.1:0",
+		"KAFKA_SIGNING_KEYS": SigningKeysSpec, "AUTH_HMAC_SECRET": TestHMACSecret,
+		"SHUTDOWN_DRAIN_DELAY": "0s", "SHUTDOWN_TIMEOUT": "5s", "KAFKA_PRODUCE_TIMEOUT": "5s",
+		"HEALTH_CHECK_INTERVAL": "1s",
+	}
+	maps.Copy(env, vars)
+	cfg, err := config.Load(func(k string) string { return env[k] })
+	if err != nil {
+		tb.Fatalf("testenv: %v", err)
+	}
+	return cfg
+}
+
+// Eventually polls cond every 10 ms until it holds, failing the test after limit (0: 30 s). The limit only
+// bounds a hang; it asserts nothing about time.
+func Eventually(tb testing.TB, what string, limit time.Duration, cond func() bool) {
+	tb.Helper()
+	if limit <= 0 {
+		limit = 30 * time.Second
+	}
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			tb.Fatalf("still waiting for %s after %v", what, limit)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
