@@ -8,7 +8,7 @@ BIN       := $(CURDIR)/.bin
 BUF       := $(CURDIR)/tools/node_modules/.bin/buf
 PROTO_SRC := $(CURDIR)/tools/node_modules/google-proto-files
 THIRD     := $(CURDIR)/proto/third_party
-TEST_FLAGS ?= -count=1 -timeout 15m
+TEST_FLAGS ?= -race -count=1 -timeout 20m
 # HS256 secret of the devstack (insecure, public); must equal auth.DevHMACSecret (a test checks it).
 DEV_HMAC_SECRET := devstack-insecure-hmac-secret-change-me-0123456789
 SUB    ?= alice
@@ -23,7 +23,7 @@ help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 .PHONY: tools
-tools: $(BUF) $(BIN)/protoc-gen-go third-party ## install pinned buf, protoc plugins, grpcurl, grpc-health-probe
+tools: $(BUF) $(BIN)/protoc-gen-go third-party ## install pinned buf, protoc plugins, grpcurl, grpc-health-probe, staticcheck
 
 $(BUF): tools/package.json tools/package-lock.json
 	cd tools && npm ci --no-audit --no-fund --loglevel=error
@@ -63,8 +63,11 @@ breaking: tools ## buf breaking of the proto module against the main branch (off
 	$(BUF) breaking "$$tmp/current.binpb" --against "$$tmp/image.binpb" && echo "no breaking changes against $(BREAKING_AGAINST)"
 
 .PHONY: lint
-lint: tools ## go vet + buf lint + buf format check
+lint: tools ## gofmt, go mod tidy, go vet, staticcheck (pinned), buf lint and buf format: all must be clean
+	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '^gen/')); if [ -n "$$out" ]; then echo "gofmt: not formatted:"; echo "$$out"; exit 1; fi
+	$(GO) mod tidy -diff
 	$(GO) vet ./...
+	$(BIN)/staticcheck ./...
 	$(BUF) lint
 	$(BUF) format --diff --exit-code --path proto/platform
 
@@ -73,7 +76,7 @@ build: ## build every binary of services/ (gateway, pipeline, devstack, token, l
 	CGO_ENABLED=0 $(GO) build -trimpath -o bin/ ./services/...
 
 .PHONY: test
-test: ## the whole test suite (embedded Kafka and FerretDB, real redis-server)
+test: ## the whole test suite under the race detector (embedded Kafka and FerretDB, real redis-server)
 	$(GO) test $(TEST_FLAGS) ./...
 
 .PHONY: run
