@@ -1,6 +1,6 @@
 // Package app is the composition root of the platform's processes: the one place where configuration
 // becomes running parts. Run opens the process's clients once (one MongoDB pool, one Redis client, one
-// Kafka producer), builds the shared parts (store, membership cache, authorizer, event publisher, health
+// Kafka producer per role), builds the shared parts (store, membership cache, authorizer, health
 // checker), adds the gateway's and the pipeline's parts as the roles ask, and runs them all in one
 // lifecycle group whose order of Add calls is the shutdown sequence. services/gateway runs the gateway
 // role, services/pipeline the pipeline role, and the devstack both, in one process, over embedded servers.
@@ -150,7 +150,6 @@ type core struct {
 	deadLetters *store.DeadLetters
 	members     *authz.MembershipCache
 	authorizer  *authz.Authorizer
-	events      *events.Publisher
 	dlqMetrics  *dlq.Metrics
 	checker     *health.Checker
 }
@@ -188,9 +187,6 @@ func openCore(ctx context.Context, cfg config.Config, logger *slog.Logger) (c *c
 	if c.authorizer, err = authz.NewAuthorizer(c.members, dir, c.reg); err != nil {
 		return nil, err
 	}
-	if c.events, err = events.NewPublisher(cl.producer, cfg.KafkaSigningKeys, c.reg); err != nil {
-		return nil, err
-	}
 	if c.dlqMetrics, err = dlq.NewMetrics(c.reg); err != nil {
 		return nil, err
 	}
@@ -212,21 +208,29 @@ func newGateway(ctx context.Context, c *core) (*gatewayParts, error) {
 	if err != nil {
 		return nil, err
 	}
+	producer, err := c.clients.producer("gateway")
+	if err != nil {
+		return nil, err
+	}
+	publisher, err := events.NewPublisher(producer, cfg.KafkaSigningKeys, c.reg)
+	if err != nil {
+		return nil, err
+	}
 	hub, err := stream.NewHub(c.clients.kafka, cfg.KafkaSigningKeys, c.reg, c.logger)
 	if err != nil {
 		return nil, fmt.Errorf("stream hub: %w", err)
 	}
-	deps := api.Deps{Store: c.store, Members: c.members, Events: c.events, Logger: c.logger,
+	deps := api.Deps{Store: c.store, Members: c.members, Events: publisher, Logger: c.logger,
 		Active: api.NewActiveConversations(api.DefaultActiveTTL, 0)}
 	server, err := gateway.New(ctx, gateway.Options{
 		GRPCAddr: cfg.GRPCAddr, HTTPAddr: cfg.HTTPAddr, MetricsAddr: cfg.MetricsAddr, ShutdownTimeout: cfg.ShutdownTimeout,
 		Logger: c.logger, Registry: c.reg, Checker: c.checker, Verifier: verifier, Authorizer: c.authorizer,
 		Services: gateway.Services{
 			Conversations: api.NewConversations(deps),
-			Messages:      api.NewMessages(deps, c.clients.producer, cfg.KafkaSigningKeys, api.NewSendKeys(c.clients.redis), hub, c.authorizer),
+			Messages:      api.NewMessages(deps, producer, cfg.KafkaSigningKeys, api.NewSendKeys(c.clients.redis), hub, c.authorizer),
 			DeadLetters: api.NewDeadLetters(api.DeadLetterDeps{
 				Store:   c.deadLetters,
-				Retrier: dlq.NewRetrier(c.deadLetters, c.clients.producer, c.dlqMetrics, c.logger, dlqConfig(cfg)),
+				Retrier: dlq.NewRetrier(c.deadLetters, producer, c.dlqMetrics, c.logger, dlqConfig(cfg)),
 				Metrics: c.dlqMetrics,
 				Logger:  c.logger,
 			}),
@@ -261,6 +265,14 @@ func newPipeline(c *core) (p *pipelineParts, err error) {
 			p.close()
 		}
 	}()
+	producer, err := c.clients.producer("pipeline")
+	if err != nil {
+		return p, err
+	}
+	publisher, err := events.NewPublisher(producer, cfg.KafkaSigningKeys, c.reg)
+	if err != nil {
+		return p, err
+	}
 	pc := cfg.Pipeline
 	wc := writeConcern(cfg.MongoWriteConcern)
 	if p.writer, err = store.NewBulkWriter(c.store, store.BulkConfig{
@@ -275,7 +287,7 @@ func newPipeline(c *core) (p *pipelineParts, err error) {
 		DrainTimeout: cfg.ShutdownTimeout,
 	}, pipeline.Deps{
 		Kafka: c.clients.kafka, Keys: cfg.KafkaSigningKeys, Store: c.store, Authorizer: c.authorizer, Writer: p.writer,
-		Events: c.events, Producer: c.clients.producer,
+		Events: publisher, Producer: producer,
 		DeadLetters: dlq.NewDirectWriter(c.deadLetters, cfg.KafkaSigningKeys, dcfg.Policy, c.dlqMetrics, c.logger),
 		Registry:    c.reg, Logger: c.logger,
 	}); err != nil {
@@ -285,13 +297,13 @@ func newPipeline(c *core) (p *pipelineParts, err error) {
 		return p, err
 	}
 	if cfg.DLQSchedulerEnabled {
-		if p.scheduler, err = dlq.NewScheduler(dcfg, c.deadLetters, c.clients.producer, c.dlqMetrics, c.logger); err != nil {
+		if p.scheduler, err = dlq.NewScheduler(dcfg, c.deadLetters, producer, c.dlqMetrics, c.logger); err != nil {
 			return p, err
 		}
 	}
 	if cfg.WatchersEnabled {
 		if p.watchers, err = watchers.New(watchers.Deps{Database: c.clients.db, Redis: c.clients.redis, Cache: c.members,
-			Publisher: c.events, Registry: c.reg, Logger: c.logger}); err != nil {
+			Publisher: publisher, Registry: c.reg, Logger: c.logger}); err != nil {
 			return p, err
 		}
 	}

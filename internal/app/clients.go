@@ -22,13 +22,17 @@ import (
 const connectTimeout = 30 * time.Second
 
 // clients are the connections of one process, each opened once: one MongoDB client (one pool per
-// server), one Redis client, one Kafka producer shared by every part that produces, and the connection
-// options every Kafka consumer of the process starts from.
+// server), one Redis client, one Kafka producer per role (so the pipeline's bursts of events never queue
+// in front of SendMessage's records when both roles share a process), and the connection options every
+// Kafka client of the process starts from.
 type clients struct {
-	mongo    *mongo.Client
-	db       *mongo.Database
-	redis    *redis.Client
-	producer *kgo.Client
+	cfg   config.Config
+	mongo *mongo.Client
+	db    *mongo.Database
+	redis *redis.Client
+	// admin answers the health checks (metadata) and the stall monitor (offsets); it produces nothing.
+	admin     *kgo.Client
+	producers []*kgo.Client
 	// kafka are the connection options of the process's Kafka clients (seed brokers; TLS and SASL when
 	// configured). Each consumer group's client adds its own options to them.
 	kafka []kgo.Opt
@@ -48,13 +52,13 @@ func openClients(ctx context.Context, cfg config.Config, logger *slog.Logger) (*
 		return nil, fmt.Errorf("REDIS_URL: %w", err)
 	}
 	conn := []kgo.Opt{kgo.SeedBrokers(cfg.KafkaBrokers...)}
-	producer, err := kafka.NewProducer(cfg.KafkaBrokers, cfg.ProduceTimeout, conn...)
+	admin, err := kgo.NewClient(append(conn, kgo.ClientID("platform-admin"))...)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("kafka client for %v: %w", cfg.KafkaBrokers, err)
 	}
 	breaker, err := store.NewBreaker(store.BreakerConfig{Name: health.MongoDB, FailureRatio: cfg.MongoBreakerRatio, CoolDown: cfg.MongoBreakerCoolDown}, nil)
 	if err != nil {
-		producer.Close()
+		admin.Close()
 		return nil, err
 	}
 	cctx, cancel := context.WithTimeout(ctx, connectTimeout)
@@ -62,13 +66,23 @@ func openClients(ctx context.Context, cfg config.Config, logger *slog.Logger) (*
 	mongoMetrics := store.NewDriverMetrics()
 	mc, err := store.ConnectMonitored(cctx, cfg.MongoURI, mongoMetrics)
 	if err != nil {
-		producer.Close()
+		admin.Close()
 		return nil, err
 	}
 	logger.Info("connected", "mongodb", store.RedactURI(cfg.MongoURI), "database", cfg.MongoDatabase,
 		"kafka", cfg.KafkaBrokers, "redis", redisOpts.Addr)
-	return &clients{mongo: mc, db: mc.Database(cfg.MongoDatabase), redis: redis.NewClient(redisOpts), producer: producer,
+	return &clients{cfg: cfg, mongo: mc, db: mc.Database(cfg.MongoDatabase), redis: redis.NewClient(redisOpts), admin: admin,
 		kafka: conn, breaker: breaker, mongoMetrics: mongoMetrics}, nil
+}
+
+// producer opens the Kafka producer of one role (flushed and closed by close).
+func (c *clients) producer(role string) (*kgo.Client, error) {
+	p, err := kafka.NewProducer(c.cfg.KafkaBrokers, c.cfg.ProduceTimeout, append(c.kafka, kgo.ClientID("platform-"+role))...)
+	if err != nil {
+		return nil, err
+	}
+	c.producers = append(c.producers, p)
+	return p, nil
 }
 
 // collectors returns the clients' metrics (MongoDB driver pool and server events, the circuit breaker).
@@ -84,7 +98,7 @@ func (c *clients) guard() *store.Guard { return &store.Guard{Breaker: c.breaker}
 // circuit breaker (down while open), and so is the pipeline's progress (DEGRADED while a partition
 // stalls for stallAfter).
 func (c *clients) dependencies(stallAfter time.Duration) []health.Dependency {
-	mon := kafka.NewStallMonitor(c.producer, kafka.GroupPipeline, kafka.TopicInbound, stallAfter)
+	mon := kafka.NewStallMonitor(c.admin, kafka.GroupPipeline, kafka.TopicInbound, stallAfter)
 	return []health.Dependency{
 		{Name: health.MongoDB, Required: true, Check: func(ctx context.Context) error { return store.Ping(ctx, c.mongo) }},
 		{Name: health.Redis, Required: true, Check: func(ctx context.Context) error {
@@ -93,7 +107,7 @@ func (c *clients) dependencies(stallAfter time.Duration) []health.Dependency {
 			}
 			return nil
 		}},
-		{Name: health.Kafka, Required: true, Check: func(ctx context.Context) error { return kafka.Ping(ctx, c.producer) }},
+		{Name: health.Kafka, Required: true, Check: func(ctx context.Context) error { return kafka.Ping(ctx, c.admin) }},
 		{Name: health.ChangeStreams, Check: func(ctx context.Context) error {
 			err := store.CheckChangeStreams(ctx, c.db)
 			if errors.Is(err, store.ErrNoChangeStreams) {
@@ -112,14 +126,17 @@ func (c *clients) dependencies(stallAfter time.Duration) []health.Dependency {
 	}
 }
 
-// close flushes the Kafka producer (bounded by ctx), so a record accepted before shutdown still reaches
+// close flushes the Kafka producers (bounded by ctx), so a record accepted before shutdown still reaches
 // Kafka, then closes every client.
 func (c *clients) close(ctx context.Context) error {
 	var errs []error
-	if err := c.producer.Flush(ctx); err != nil {
-		errs = append(errs, fmt.Errorf("flush kafka producer: %w", err))
+	for _, p := range c.producers {
+		if err := p.Flush(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("flush kafka producer: %w", err))
+		}
+		p.Close()
 	}
-	c.producer.Close()
+	c.admin.Close()
 	if err := c.redis.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close redis: %w", err))
 	}

@@ -1,7 +1,6 @@
 package dlq
 
 import (
-	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -122,19 +121,13 @@ func (m *Metrics) registerGauges() error {
 	return m.gaugesErr
 }
 
-// register registers c, or returns the collector already registered under the same descriptor.
+// register is observability.Register with this package's error prefix.
 func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
-	err := reg.Register(c)
-	if err == nil {
-		return c, nil
+	c, err := observability.Register(reg, c)
+	if err != nil {
+		return c, fmt.Errorf("register dlq metrics: %w", err)
 	}
-	var are prometheus.AlreadyRegisteredError
-	if errors.As(err, &are) {
-		if existing, ok := are.ExistingCollector.(C); ok {
-			return existing, nil
-		}
-	}
-	return c, fmt.Errorf("register dlq metrics: %w", err)
+	return c, nil
 }
 
 // discardMetrics are metrics on a private registry, for callers that pass none.

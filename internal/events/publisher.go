@@ -44,7 +44,8 @@ type Publisher struct {
 	published *prometheus.CounterVec
 }
 
-// NewPublisher returns a publisher over producer signing with keys, registering its metrics on reg.
+// NewPublisher returns a publisher over producer signing with keys, registering its metrics on reg (a
+// second publisher of the process feeds the same series).
 func NewPublisher(producer Producer, keys *envelope.Keys, reg prometheus.Registerer) (*Publisher, error) {
 	if keys == nil {
 		return nil, errors.New("event publisher: no signing keys")
@@ -53,7 +54,8 @@ func NewPublisher(producer Producer, keys *envelope.Keys, reg prometheus.Registe
 		Namespace: observability.Namespace, Subsystem: "events", Name: "published_total",
 		Help: "Events produced to messages.events by type and result (ok, error).",
 	}, []string{"type", "result"})}
-	if err := reg.Register(p.published); err != nil {
+	var err error
+	if p.published, err = observability.Register(reg, p.published); err != nil {
 		return nil, fmt.Errorf("register event metrics: %w", err)
 	}
 	return p, nil

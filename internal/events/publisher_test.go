@@ -72,14 +72,30 @@ func TestNewPublisherRefusesNilKeys(t *testing.T) {
 	}
 }
 
-func TestNewPublisherRefusesDuplicateMetrics(t *testing.T) {
+// Two publishers of one process (the gateway's and the pipeline's, each over its own producer) share the
+// registry: the second feeds the first's series.
+func TestTwoPublishersShareTheirMetrics(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	keys := testenv.SigningKeys(t)
-	if _, err := events.NewPublisher(&fakeProducer{}, keys, reg); err != nil {
+	a, err := events.NewPublisher(&fakeProducer{}, keys, reg)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := events.NewPublisher(&fakeProducer{}, keys, reg); err == nil {
-		t.Fatal("a second publisher registered the same metrics")
+	b, err := events.NewPublisher(&fakeProducer{}, keys, reg)
+	if err != nil {
+		t.Fatalf("a second publisher on the same registry: %v", err)
+	}
+	ev := func() *platformv1.Event {
+		return &platformv1.Event{Type: platformv1.EventType_EVENT_TYPE_MESSAGE_PERSISTED, ConversationId: "c1"}
+	}
+	if err := a.Publish(context.Background(), ev()); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Publish(context.Background(), ev()); err != nil {
+		t.Fatal(err)
+	}
+	if got := published(t, reg, platformv1.EventType_EVENT_TYPE_MESSAGE_PERSISTED, "ok"); got != 2 {
+		t.Fatalf("published_total{ok} = %v, want 2 (both publishers)", got)
 	}
 }
 

@@ -2,6 +2,7 @@
 package observability
 
 import (
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
@@ -32,6 +33,22 @@ func NewRegistry() *prometheus.Registry {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
 	return reg
+}
+
+// Register registers c on reg, or returns the collector of the same description already registered there,
+// so two parts of one process (the gateway's and the pipeline's event publishers, say) feed the same series.
+func Register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
+	err := reg.Register(c)
+	if err == nil {
+		return c, nil
+	}
+	var are prometheus.AlreadyRegisteredError
+	if errors.As(err, &are) {
+		if existing, ok := are.ExistingCollector.(C); ok {
+			return existing, nil
+		}
+	}
+	return c, err
 }
 
 // MetricsHandler serves the registry in the Prometheus exposition format at /metrics.
