@@ -284,7 +284,7 @@ func newPipeline(c *core) (p *pipelineParts, err error) {
 	if p.ingest, err = pipeline.New(pipeline.Config{
 		MaxPollRecords: pc.MaxPollRecords, BulkMaxDocs: pc.BulkMaxDocs, BulkMaxDelay: pc.BulkMaxDelay, BulkMaxInFlight: pc.BulkMaxInFlight,
 		WriteConcern: wc, RetryMax: pc.RetryMax, StageTimeout: pc.StageTimeout, TransientRetryTimeout: pc.TransientRetryTimeout,
-		DrainTimeout: cfg.ShutdownTimeout,
+		DrainTimeout: cfg.ShutdownTimeout, SessionTimeout: cfg.KafkaSessionTimeout,
 	}, pipeline.Deps{
 		Kafka: c.clients.kafka, Keys: cfg.KafkaSigningKeys, Store: c.store, Authorizer: c.authorizer, Writer: p.writer,
 		Events: publisher, Producer: producer,
@@ -342,7 +342,7 @@ func (p *pipelineParts) close() {
 
 // dlqConfig is the dead-letter configuration of cfg (DLQ_*), drained within SHUTDOWN_TIMEOUT.
 func dlqConfig(cfg config.Config) dlq.Config {
-	return dlq.Config{DrainTimeout: cfg.ShutdownTimeout, Policy: dlq.Policy{
+	return dlq.Config{DrainTimeout: cfg.ShutdownTimeout, SessionTimeout: cfg.KafkaSessionTimeout, Policy: dlq.Policy{
 		MaxAttempts: cfg.DLQ.MaxAttempts, InitialDelay: cfg.DLQ.InitialDelay, MaxDelay: cfg.DLQ.MaxDelay,
 	}}
 }

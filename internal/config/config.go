@@ -33,6 +33,9 @@ type Config struct {
 	// KafkaSigningKeys sign the records the platform produces and verify the ones it consumes
 	// (KAFKA_SIGNING_KEYS); nil when unset, which only the devstack accepts (it makes its own).
 	KafkaSigningKeys *envelope.Keys
+	// KafkaSessionTimeout: a consumer-group member not heard from for this long is dropped and its
+	// partitions move to the others (how long a crashed pipeline's partitions wait).
+	KafkaSessionTimeout time.Duration
 	// PipelineStallAfter: a partition of messages.inbound with records waiting and no commit for this
 	// long makes the pipeline dependency DEGRADED.
 	PipelineStallAfter time.Duration
@@ -114,6 +117,7 @@ var Vars = []Var{
 	{"KAFKA_BROKERS", "", "comma-separated seed brokers (host:port); required outside devstack"},
 	{"KAFKA_PRODUCE_TIMEOUT", "10s", "how long a produce waits for Kafka's acknowledgement before the call fails with UNAVAILABLE"},
 	{"KAFKA_SIGNING_KEYS", "", "record signing keys, `kid=secret[,kid2=secret2…]` (secrets of at least 32 random bytes): the first signs, all verify; required outside devstack, which makes its own"},
+	{"KAFKA_SESSION_TIMEOUT", "45s", "consumer groups: a member not heard from for this long (a crashed process) is dropped and its partitions move to the others"},
 	{"PIPELINE_STALL_AFTER", "30s", "a messages.inbound partition with records waiting and no commit for this long makes the `pipeline` dependency DEGRADED in /v1/health"},
 	{"MONGO_URI", "", "MongoDB connection string; required outside devstack"},
 	{"MONGO_DATABASE", "platform", "MongoDB database name"},
@@ -237,6 +241,7 @@ func Load(getenv Getenv) (Config, error) {
 		AuthAudience:         get("AUTH_AUDIENCE"),
 		ProduceTimeout:       duration("KAFKA_PRODUCE_TIMEOUT"),
 		PipelineStallAfter:   duration("PIPELINE_STALL_AFTER"),
+		KafkaSessionTimeout:  duration("KAFKA_SESSION_TIMEOUT"),
 		ShutdownTimeout:      duration("SHUTDOWN_TIMEOUT"),
 		DrainDelay:           duration("SHUTDOWN_DRAIN_DELAY"),
 		HealthCheckTimeout:   duration("HEALTH_CHECK_TIMEOUT"),
@@ -314,6 +319,9 @@ func Load(getenv Getenv) (Config, error) {
 		if d.v == 0 {
 			errs = append(errs, fmt.Errorf("%s: must be positive", d.name))
 		}
+	}
+	if c.KafkaSessionTimeout < 6*time.Second || c.KafkaSessionTimeout > 5*time.Minute {
+		errs = append(errs, fmt.Errorf("KAFKA_SESSION_TIMEOUT=%s: want 6s to 5m (the brokers' default bounds)", c.KafkaSessionTimeout))
 	}
 	if c.PipelineStallAfter == 0 {
 		errs = append(errs, errors.New("PIPELINE_STALL_AFTER: must be positive"))

@@ -108,6 +108,8 @@ func (p Policy) Delay(attempts int) time.Duration {
 type Config struct {
 	// GroupID is the processor's consumer group (default "platform-dlq"); every replica uses the same.
 	GroupID string
+	// SessionTimeout of the processor's group membership (default 45s).
+	SessionTimeout time.Duration
 	// MaxPollRecords bounds one batch of the processor (default 500).
 	MaxPollRecords int
 	// DrainTimeout bounds how long the batch in hand may take to be stored once shutdown starts
@@ -143,6 +145,7 @@ const (
 func (c Config) withDefaults() Config {
 	c.GroupID = cmp.Or(c.GroupID, DefaultGroupID)
 	c.MaxPollRecords = positive(c.MaxPollRecords, DefaultMaxPollRecords)
+	c.SessionTimeout = positive(c.SessionTimeout, 45*time.Second)
 	c.DrainTimeout = positive(c.DrainTimeout, DefaultDrainTimeout)
 	c.Policy = c.Policy.withDefaults()
 	c.Interval = positive(c.Interval, DefaultInterval)

@@ -50,6 +50,7 @@ func NewProcessor(cfg Config, kafkaOpts []kgo.Opt, st *store.DeadLetters, keys *
 	p.client, err = kgo.NewClient(append(slices.Clone(kafkaOpts),
 		kgo.ClientID("platform-dlq"),
 		kgo.ConsumerGroup(cfg.GroupID),
+		kgo.SessionTimeout(cfg.SessionTimeout),
 		kgo.ConsumeTopics(kafka.TopicDLQ),
 		kgo.Balancers(kgo.CooperativeStickyBalancer()),
 		kgo.DisableAutoCommit(),

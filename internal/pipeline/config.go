@@ -44,8 +44,10 @@ const (
 
 // Config tunes the pipeline; zero values take the defaults above.
 type Config struct {
-	GroupID                string
-	MaxPollRecords         int
+	GroupID        string
+	MaxPollRecords int
+	// SessionTimeout of the group membership (franz-go's default, 45s, when zero).
+	SessionTimeout         time.Duration
 	FetchMaxBytes          int32
 	FetchMaxPartitionBytes int32
 	MaxConcurrentFetches   int
@@ -74,6 +76,7 @@ type Config struct {
 
 func (c Config) withDefaults() Config {
 	setDefault(&c.GroupID, DefaultGroupID)
+	setDefault(&c.SessionTimeout, 45*time.Second)
 	setDefault(&c.MaxPollRecords, DefaultMaxPollRecords)
 	setDefault(&c.FetchMaxBytes, DefaultFetchMaxBytes)
 	setDefault(&c.FetchMaxPartitionBytes, DefaultFetchMaxPartitionBytes)

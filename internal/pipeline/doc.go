@@ -2,26 +2,31 @@
 // record through a list of stages (authenticate, deserialize, validate, tenant, authorize, transform,
 // persist, notify, metrics) into MongoDB, at least once and without duplicates.
 //
-// # Consuming
+// # Consuming: a pipelined loop
 //
-// One poll loop takes a batch of at most MaxPollRecords records across the member's partitions, runs
-// each partition's records through the stages (partitions concurrently, each in offset order), produces
-// the dead letters of the batch, commits the last offset of every partition of the batch, and only then
-// polls again. Offsets are committed manually (auto-commit off), never past a record that is not stored
-// or dead-lettered.
+// Each poll takes at most MaxPollRecords records across the member's partitions and goes through three
+// phases, each a goroutine handling one poll at a time, in poll order:
 //
-// Rebalances are blocked while a batch is in hand (kgo.BlockRebalanceOnPoll) and allowed again after its
-// commit (AllowRebalance): a partition is never revoked mid-batch, so the loop cannot commit for a
-// partition it no longer owns, and nothing needs doing on revocation. This costs rebalance latency (a
-// rebalance waits for the batch in hand, which the poll size bounds), which is why the alternative,
-// committing from OnPartitionsRevoked while the batch may still be running, was not chosen: it needs a
-// second synchronisation between the callback and the loop, for no gain at these batch sizes. If a
-// rebalance is requested while a batch is stuck retrying an outage for longer than the group's rebalance
-// timeout, the member is dropped from the group; its commit then fails, and the new owner starts from the
-// last committed offset (redelivery, no duplicate).
+//  1. prepare: the stages up to persist (authenticate … transform), partitions concurrently, each in offset
+//     order; the poll loop itself runs it right after polling;
+//  2. persist: the bulk writes of the poll's messages (its partitions' Writes merge into shared InsertMany);
+//  3. finish: notify (the events, produced together and awaited before the commit) and metrics, then the
+//     dead letters, then the commit of every partition's last offset.
 //
-// Memory is bounded whatever the backlog: at most MaxPollRecords records are in hand, and what franz-go
-// buffers ahead is bounded by MaxConcurrentFetches × FetchMaxBytes.
+// So while poll N is written, poll N+1 is decoded, validated, authorized and transformed, and poll N−1's
+// events and commit complete: the store is not left idle between writes. The hand-offs are unbuffered
+// (one slot between persist and finish), which bounds the polls in hand to four, and memory to four
+// polls plus what franz-go buffers ahead (MaxConcurrentFetches × FetchMaxBytes), whatever the backlog.
+//
+// Offsets are committed manually (auto-commit off), per partition, in poll order (the phases keep it),
+// and only up to the last record of a poll all of whose records are stored or dead-lettered; once a
+// partition's batch is abandoned (shutdown), nothing later of that partition is committed.
+//
+// Rebalances: OnPartitionsRevoked waits for the polls in hand that hold records of the revoked partitions
+// to finish (their finish phase commits them while the partitions are still ours), bounded by
+// DrainTimeout; what is still running after that is not committed, and is redelivered to the next owner
+// (stored once). Lost partitions are given up at once, uncommitted. A record polled for a partition
+// already given up is processed but not committed.
 //
 // # Reads per batch
 //
@@ -40,9 +45,10 @@
 // # Order
 //
 // A conversation's records share a partition (the record key is the conversation id), and a partition's
-// records go through each stage in offset order, the next batch only after this one is committed (the
-// bulk writer runs two InsertMany at once, but a partition has one Write in flight, and the commands of
-// one Write run one after the other). Message
+// records go through each stage in offset order: each phase takes the polls in order, so a partition's
+// batch is written only after the previous batch's write returned, and its events are produced after the
+// previous batch's (the bulk writer runs two InsertMany at once, but a partition has one Write in flight,
+// and the commands of one Write run one after the other). Message
 // ids are ULIDs assigned at send time, so listing by id is send order whatever happens here. Storage and
 // events follow send order too, except when a transient error hits only some records of one stage call
 // (say, one write error among a bulk insert's documents): those are retried after the others went on.
@@ -59,8 +65,8 @@
 //
 // # Shutdown
 //
-// When Run's context ends, polling stops; the batch in hand finishes (within Config.DrainTimeout),
-// its dead letters are produced and its offsets committed. A batch that cannot finish by then is
+// When Run's context ends, polling stops; the polls in hand finish (each within Config.DrainTimeout),
+// their dead letters are produced and their offsets committed. A batch that cannot finish by then is
 // abandoned uncommitted: its records are redelivered to the next owner and stored at most once, the
 // message id being the document _id.
 package pipeline

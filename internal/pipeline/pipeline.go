@@ -71,11 +71,16 @@ type Pipeline struct {
 	logger *slog.Logger
 
 	batchRecords  prometheus.Histogram
+	inFlight      prometheus.Gauge
 	progress      *progress
 	batchDuration prometheus.Histogram
 	commits       *prometheus.CounterVec
 	closeOnce     sync.Once
 	store         *store.Store
+	tracker       *tracker
+
+	// The stages by phase of the pipelined loop: up to persist, persist, and from notify on.
+	prepareStages, persistStages, finishStages []Stage
 }
 
 // New returns the pipeline over d. It joins the group when Run starts polling.
@@ -98,12 +103,23 @@ func New(cfg Config, d Deps) (*Pipeline, error) {
 	if err != nil {
 		return nil, err
 	}
+	persistAt, notifyAt := len(st), len(st)
+	for i, s := range st {
+		switch s.Name() {
+		case StagePersist:
+			persistAt = i
+		case StageNotify:
+			notifyAt = i
+		}
+	}
+	notifyAt = max(notifyAt, persistAt)
 	dlq, err := newDeadLetterer(d.Producer, d.DeadLetters, cfg, reg, logger)
 	if err != nil {
 		return nil, err
 	}
 	p := &Pipeline{
-		cfg: cfg, runner: r, dlq: dlq, logger: logger, store: d.Store,
+		cfg: cfg, runner: r, dlq: dlq, logger: logger, store: d.Store, tracker: newTracker(),
+		prepareStages: st[:persistAt], persistStages: st[persistAt:notifyAt], finishStages: st[notifyAt:],
 		batchRecords: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: observability.Namespace, Subsystem: "pipeline", Name: "batch_records",
 			Help:    "Records per polled batch.",
@@ -119,7 +135,11 @@ func New(cfg Config, d Deps) (*Pipeline, error) {
 			Help: "Offset commits by result (ok, error). A failed commit means redelivery, never loss.",
 		}, []string{"result"}),
 	}
-	for _, c := range []prometheus.Collector{p.batchRecords, p.batchDuration, p.commits} {
+	p.inFlight = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: observability.Namespace, Subsystem: "pipeline", Name: "polls_in_flight",
+		Help: "Polled batches in hand (preparing, waiting to be written, being written, finishing): at most 4.",
+	})
+	for _, c := range []prometheus.Collector{p.batchRecords, p.batchDuration, p.commits, p.inFlight} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register pipeline metrics: %w", err)
 		}
@@ -144,21 +164,39 @@ func (p *Pipeline) clientOpts() []kgo.Opt {
 			}
 		}
 	}
+	// A revocation waits for the in-flight polls of the revoked partitions (bounded by the drain
+	// timeout), whose finish phase commits them, before the partitions change hands.
+	revoked := func(parts []int32) {
+		ctx, cancel := context.WithTimeout(context.Background(), p.cfg.DrainTimeout)
+		defer cancel()
+		if err := p.tracker.revoked(ctx, parts); err != nil {
+			p.logger.Warn("partitions revoked with work in flight; it will be redelivered to their next owner", "error", err)
+		}
+		p.progress.revoked(parts)
+	}
+	lost := func(parts []int32) {
+		p.tracker.lost(parts)
+		p.progress.revoked(parts)
+	}
+	assigned := func(parts []int32) {
+		p.tracker.assigned(parts)
+		p.progress.assigned(parts)
+	}
 	return []kgo.Opt{
 		kgo.ClientID("platform-pipeline"),
 		kgo.ConsumerGroup(p.cfg.GroupID),
+		kgo.SessionTimeout(p.cfg.SessionTimeout),
 		kgo.ConsumeTopics(kafka.TopicInbound),
 		kgo.Balancers(kgo.CooperativeStickyBalancer()),
 		kgo.DisableAutoCommit(),
-		kgo.BlockRebalanceOnPoll(),
 		// A new group starts at the beginning: messages accepted before its first start are not skipped.
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 		kgo.FetchMaxBytes(p.cfg.FetchMaxBytes),
 		kgo.FetchMaxPartitionBytes(p.cfg.FetchMaxPartitionBytes),
 		kgo.MaxConcurrentFetches(p.cfg.MaxConcurrentFetches),
-		kgo.OnPartitionsAssigned(logPartitions("assigned", p.progress.assigned)),
-		kgo.OnPartitionsRevoked(logPartitions("revoked", p.progress.revoked)),
-		kgo.OnPartitionsLost(logPartitions("lost", p.progress.revoked)),
+		kgo.OnPartitionsAssigned(logPartitions("assigned", assigned)),
+		kgo.OnPartitionsRevoked(logPartitions("revoked", revoked)),
+		kgo.OnPartitionsLost(logPartitions("lost", lost)),
 		kgo.WithLogger(kafka.Logger(p.logger)),
 	}
 }
@@ -172,62 +210,145 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	refreshCtx, stopRefresh := context.WithCancel(ctx)
 	defer stopRefresh()
 	go p.progress.runRefresh(refreshCtx, kadm.NewClient(p.client), p.cfg.GroupID, kafka.TopicInbound, p.logger)
-	return kafka.PollLoop(ctx, p.client, p.cfg.MaxPollRecords, p.logger, p.runBatch)
+
+	// Three phases, each a goroutine, each handling one poll at a time, in poll order: while one poll is
+	// written, the next one is prepared and the one before is finished. Unbuffered hand-offs bound the
+	// polls in hand to four (preparing, waiting, persisting, finishing).
+	prepared := make(chan *poll)
+	persisted := make(chan *poll, 1)
+	phases := sync.WaitGroup{}
+	phases.Go(func() {
+		defer close(persisted)
+		for pl := range prepared {
+			p.runPhase(pl, p.persistStages)
+			persisted <- pl
+		}
+	})
+	phases.Go(func() {
+		for pl := range persisted {
+			p.finish(ctx, pl)
+		}
+	})
+	p.pollAndPrepare(ctx, prepared)
+	close(prepared)
+	phases.Wait()
+	return p.tracker.err()
 }
 
-// runBatch processes, dead-letters and commits one polled batch. It returns an error only if some of it
-// could not be finished, which only a shutdown (drain timeout passed) causes; the poll loop then stops,
-// since franz-go's fetch positions have moved past records that are not done.
-func (p *Pipeline) runBatch(ctx context.Context, fetches kgo.Fetches) error {
-	start := time.Now()
-	bctx, cancel := kafka.DrainContext(ctx, p.cfg.DrainTimeout)
-	defer cancel()
+// pollAndPrepare polls until ctx ends (or a poll had to be abandoned), runs each poll's stages up to
+// persist and hands it on.
+func (p *Pipeline) pollAndPrepare(ctx context.Context, prepared chan<- *poll) {
+	for ctx.Err() == nil && p.tracker.err() == nil {
+		fetches := p.client.PollRecords(ctx, p.cfg.MaxPollRecords)
+		if fetches.IsClientClosed() {
+			return
+		}
+		fetchErrs := 0
+		fetches.EachError(func(topic string, partition int32, err error) {
+			if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+				return
+			}
+			fetchErrs++
+			p.logger.ErrorContext(ctx, "fetch error", "topic", topic, "partition", partition, "error", err)
+		})
+		if fetches.NumRecords() == 0 {
+			if fetchErrs > 0 && ctx.Err() == nil { // do not spin on a persistent fetch error
+				select {
+				case <-ctx.Done():
+				case <-time.After(time.Second):
+				}
+			}
+			continue
+		}
+		pl := p.newPoll(ctx, fetches)
+		p.runPhase(pl, p.prepareStages)
+		prepared <- pl
+	}
+}
 
-	var parts []*Batch
+// poll is one PollRecords' records on their way: a batch per partition, in offset order.
+type poll struct {
+	start   time.Time
+	records int
+	parts   []*Batch
+	errs    []error // per part: abandoned (ctx ended during transient retries)
+	ctx     context.Context
+	cancel  context.CancelFunc
+}
+
+func (p *Pipeline) newPoll(ctx context.Context, fetches kgo.Fetches) *poll {
+	// The poll's work goes on after ctx ends (a graceful stop finishes it), for at most the drain timeout.
+	pctx, cancel := kafka.DrainContext(ctx, p.cfg.DrainTimeout)
+	pl := &poll{start: time.Now(), records: fetches.NumRecords(), ctx: pctx, cancel: cancel}
 	index := map[int32]int{}
 	var keys []string
 	seenKey := map[string]bool{}
 	fetches.EachRecord(func(r *kgo.Record) {
 		i, ok := index[r.Partition]
 		if !ok {
-			i = len(parts)
+			i = len(pl.parts)
 			index[r.Partition] = i
-			parts = append(parts, &Batch{Partition: r.Partition})
+			pl.parts = append(pl.parts, &Batch{Partition: r.Partition})
 		}
-		parts[i].Items = append(parts[i].Items, newItem(r))
+		pl.parts[i].Items = append(pl.parts[i].Items, newItem(r))
 		if k := string(r.Key); k != "" && !seenKey[k] {
 			seenKey[k] = true
 			keys = append(keys, k)
 		}
 	})
+	pl.errs = make([]error, len(pl.parts))
 	if p.store != nil {
 		reads := NewReads(p.store, keys) // one set of reads for the poll's partitions
-		for _, b := range parts {
+		for _, b := range pl.parts {
 			b.Reads = reads
 		}
 	}
-	p.batchRecords.Observe(float64(fetches.NumRecords()))
+	p.batchRecords.Observe(float64(pl.records))
 	fetches.EachPartition(func(fp kgo.FetchTopicPartition) {
 		if len(fp.Records) > 0 {
 			first := fp.Records[0]
 			p.progress.fetched(fp.Partition, first.Offset, first.Timestamp, fp.HighWatermark)
 		}
 	})
+	parts := make([]int32, len(pl.parts))
+	for i, b := range pl.parts {
+		parts[i] = b.Partition
+	}
+	p.tracker.taken(parts)
+	p.inFlight.Inc()
+	return pl
+}
 
-	errs := make([]error, len(parts))
+// runPhase runs stages over every partition of the poll still going, partitions concurrently.
+func (p *Pipeline) runPhase(pl *poll, stages []Stage) {
+	if len(stages) == 0 {
+		return
+	}
 	var wg sync.WaitGroup
-	for i, b := range parts {
-		wg.Go(func() { errs[i] = p.runner.process(bctx, b) })
+	for i, b := range pl.parts {
+		if pl.errs[i] != nil {
+			continue
+		}
+		wg.Go(func() { pl.errs[i] = p.runner.processStages(pl.ctx, b, stages) })
 	}
 	wg.Wait()
+}
 
+// finish runs the last stages (notify, metrics), dead-letters what failed and commits, per partition,
+// the last offset of the poll: only for partitions whose records are all stored or dead-lettered, still
+// assigned to this member, and with no earlier batch abandoned (committing past abandoned records would
+// lose them).
+func (p *Pipeline) finish(ctx context.Context, pl *poll) {
+	defer pl.cancel()
+	p.runPhase(pl, p.finishStages)
 	var dead []*Item
-	var commit []*kgo.Record
-	for i, b := range parts {
-		if errs[i] != nil {
+	var done []int32
+	for i, b := range pl.parts {
+		if pl.errs[i] != nil {
 			p.progress.abandoned(b.Partition)
+			p.tracker.abandon(b.Partition, pl.errs[i])
 			p.logger.WarnContext(ctx, "batch abandoned uncommitted; its records will be redelivered",
-				"partition", b.Partition, "records", len(b.Items), "error", errs[i])
+				"partition", b.Partition, "records", len(b.Items), "error", pl.errs[i])
 			continue
 		}
 		for _, it := range b.Items {
@@ -235,15 +356,24 @@ func (p *Pipeline) runBatch(ctx context.Context, fetches kgo.Fetches) error {
 				dead = append(dead, it)
 			}
 		}
-		commit = append(commit, b.Items[len(b.Items)-1].Record)
+		done = append(done, b.Partition)
 	}
 	if len(dead) > 0 {
-		if err := p.dlq.send(bctx, dead); err != nil {
-			return fmt.Errorf("batch not committed: %w", err)
+		if err := p.dlq.send(pl.ctx, dead); err != nil {
+			for _, part := range done {
+				p.tracker.abandon(part, fmt.Errorf("not committed: %w", err))
+			}
+			done = nil
+		}
+	}
+	var commit []*kgo.Record
+	for _, b := range pl.parts {
+		if slices.Contains(done, b.Partition) && p.tracker.committable(b.Partition) {
+			commit = append(commit, b.Items[len(b.Items)-1].Record)
 		}
 	}
 	if len(commit) > 0 {
-		if err := p.client.CommitRecords(bctx, commit...); err != nil {
+		if err := p.client.CommitRecords(pl.ctx, commit...); err != nil {
 			// Not fatal: the records are stored; a later commit covers them, or they are redelivered.
 			p.commits.WithLabelValues("error").Inc()
 			p.logger.WarnContext(ctx, "offset commit failed; the batch may be redelivered (no duplicates)", "error", err)
@@ -254,10 +384,15 @@ func (p *Pipeline) runBatch(ctx context.Context, fetches kgo.Fetches) error {
 			}
 		}
 	}
-	p.batchDuration.Observe(time.Since(start).Seconds())
-	p.logger.InfoContext(ctx, "batch done", "records", fetches.NumRecords(), "partitions", len(parts),
-		"dead_lettered", len(dead), "committed_partitions", len(commit), "duration_ms", time.Since(start).Milliseconds())
-	return errors.Join(errs...)
+	parts := make([]int32, len(pl.parts))
+	for i, b := range pl.parts {
+		parts[i] = b.Partition
+	}
+	p.tracker.released(parts)
+	p.inFlight.Dec()
+	p.batchDuration.Observe(time.Since(pl.start).Seconds())
+	p.logger.InfoContext(ctx, "batch done", "records", pl.records, "partitions", len(pl.parts),
+		"dead_lettered", len(dead), "committed_partitions", len(commit), "duration_ms", time.Since(pl.start).Milliseconds())
 }
 
 // Close leaves the group and closes the consumer. Call it after Run returned; the producer is the

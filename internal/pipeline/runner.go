@@ -92,9 +92,14 @@ func newRunner(stages []Stage, cfg Config, reg prometheus.Registerer, logger *sl
 // either passed all stages or failed for good (to be dead-lettered). It returns an error only when ctx
 // ended while transient failures were still being retried: the batch is then abandoned, uncommitted.
 func (r *runner) process(ctx context.Context, b *Batch) error {
+	return r.processStages(ctx, b, r.stages)
+}
+
+// processStages is process over some of the stages (a phase of the pipelined loop).
+func (r *runner) processStages(ctx context.Context, b *Batch, stages []Stage) error {
 	items := b.Items
 	live := make([]*Item, 0, len(items))
-	for _, st := range r.stages {
+	for _, st := range stages {
 		live = live[:0]
 		for _, it := range items {
 			if !it.Failed() {

@@ -211,7 +211,7 @@ func TestConsumerSettings(t *testing.T) {
 	for opt, want := range map[string]any{
 		"ConsumerGroup":          DefaultGroupID,
 		"DisableAutoCommit":      true,
-		"BlockRebalanceOnPoll":   true,
+		"BlockRebalanceOnPoll":   false, // revocations wait for the polls in hand instead (tracker)
 		"FetchMaxBytes":          int32(DefaultFetchMaxBytes),
 		"FetchMaxPartitionBytes": int32(DefaultFetchMaxPartitionBytes),
 		"MaxConcurrentFetches":   DefaultMaxConcurrentFetches,

@@ -252,14 +252,13 @@ var deadLetterIndexes = []bson.D{
 	{{Key: "due_time", Value: 1}},
 }
 
-// EnsureIndexes creates the dead-letter indexes; idempotent.
+// EnsureIndexes creates the dead-letter indexes the collection lacks (see Store.EnsureIndexes).
 func (r *DeadLetters) EnsureIndexes(ctx context.Context) error {
-	for _, keys := range deadLetterIndexes {
-		if _, err := r.coll.Indexes().CreateOne(ctx, mongo.IndexModel{Keys: keys}); err != nil {
-			return fmt.Errorf("ensure index %v on %s: %w", keys, DeadLettersCollection, err)
-		}
+	specs := make([]indexSpec, len(deadLetterIndexes))
+	for i, keys := range deadLetterIndexes {
+		specs[i] = indexSpec{collection: DeadLettersCollection, keys: keys}
 	}
-	return nil
+	return ensureIndexes(ctx, r.coll, specs)
 }
 
 func newDeadLetterDoc(d DeadLetter, now time.Time) deadLetterDoc {

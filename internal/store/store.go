@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"time"
@@ -103,16 +104,62 @@ var indexSpecs = []indexSpec{
 	{collection: MessagesCollection, keys: bson.D{{Key: "tenant_id", Value: 1}, {Key: "conversation_id", Value: 1}, {Key: "_id", Value: -1}}},
 }
 
-// EnsureIndexes creates the indexes the repositories need. It is idempotent (creating an existing index
-// with the same keys and options is a no-op), so it is safe to call at every start-up.
+// EnsureIndexes creates the indexes the repositories need and that the database does not have yet. On
+// a warm store (every index there, the usual case: they are created once per deployment, by the first
+// process to start) it only lists each collection's indexes, so a restarting process reaches its first
+// write quickly and never races an index build. Creating an existing index is a no-op anyway, so
+// concurrent first starts are safe.
 func (s *Store) EnsureIndexes(ctx context.Context) error {
+	byColl := map[string][]indexSpec{}
+	var order []string
 	for _, spec := range indexSpecs {
+		if _, ok := byColl[spec.collection]; !ok {
+			order = append(order, spec.collection)
+		}
+		byColl[spec.collection] = append(byColl[spec.collection], spec)
+	}
+	for _, coll := range order {
+		if err := ensureIndexes(ctx, s.core.db.Collection(coll), byColl[coll]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ensureIndexes creates the specs coll lacks (same keys, same uniqueness).
+func ensureIndexes(ctx context.Context, coll *mongo.Collection, specs []indexSpec) error {
+	cur, err := coll.Indexes().List(ctx)
+	if err != nil {
+		return fmt.Errorf("list indexes of %s: %w", coll.Name(), err)
+	}
+	var existing []struct {
+		Key    bson.Raw `bson:"key"`
+		Unique bool     `bson:"unique"`
+	}
+	if err := cur.All(ctx, &existing); err != nil {
+		return fmt.Errorf("list indexes of %s: %w", coll.Name(), err)
+	}
+	for _, spec := range specs {
+		want, err := bson.Marshal(spec.keys)
+		if err != nil {
+			return fmt.Errorf("index %v: %w", spec.keys, err)
+		}
+		found := false
+		for _, e := range existing {
+			if bytes.Equal(e.Key, want) && e.Unique == spec.unique {
+				found = true
+				break
+			}
+		}
+		if found {
+			continue
+		}
 		model := mongo.IndexModel{Keys: spec.keys}
 		if spec.unique {
 			model.Options = options.Index().SetUnique(true)
 		}
-		if _, err := s.core.db.Collection(spec.collection).Indexes().CreateOne(ctx, model); err != nil {
-			return fmt.Errorf("ensure index %v on %s: %w", spec.keys, spec.collection, err)
+		if _, err := coll.Indexes().CreateOne(ctx, model); err != nil {
+			return fmt.Errorf("ensure index %v on %s: %w", spec.keys, coll.Name(), err)
 		}
 	}
 	return nil

@@ -10,7 +10,9 @@ import (
 
 	"github.com/oklog/ulid/v2"
 	"go.mongodb.org/mongo-driver/v2/bson"
+	"go.mongodb.org/mongo-driver/v2/event"
 	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/msgplatform/platform/internal/testenv"
 )
@@ -261,5 +263,47 @@ func TestBadPageTokens(t *testing.T) {
 	// Base64 padding is tolerated (some clients add it).
 	if _, _, err := s.Messages.List(ctx, "t1", c.ID, 1, msgTok+"=="); err != nil {
 		t.Errorf("padded token: %v", err)
+	}
+}
+
+// On a warm store (indexes there) EnsureIndexes only lists them: no index build races a process's first
+// writes, and start-up stays quick.
+func TestEnsureIndexesWarmStoreOnlyLists(t *testing.T) {
+	uri := testenv.Mongo(t)
+	var mu sync.Mutex
+	commands := map[string]int{}
+	mon := &event.CommandMonitor{Started: func(_ context.Context, e *event.CommandStartedEvent) {
+		mu.Lock()
+		commands[e.CommandName]++
+		mu.Unlock()
+	}}
+	client, err := mongo.Connect(options.Client().ApplyURI(uri).SetMonitor(mon))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = client.Disconnect(context.Background()) })
+	s, dls := New(client.Database("platform")), NewDeadLetters(client.Database("platform"))
+	ctx := testCtx(t)
+	for _, ensure := range []func(context.Context) error{s.EnsureIndexes, dls.EnsureIndexes} {
+		if err := ensure(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mu.Lock()
+	created := commands["createIndexes"]
+	clear(commands)
+	mu.Unlock()
+	if created == 0 {
+		t.Fatal("a cold store got no index")
+	}
+	for _, ensure := range []func(context.Context) error{s.EnsureIndexes, dls.EnsureIndexes} {
+		if err := ensure(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if commands["createIndexes"] != 0 || commands["listIndexes"] != 4 {
+		t.Fatalf("warm store: %v; want only listIndexes, one per collection", commands)
 	}
 }

@@ -2,6 +2,11 @@ package testenv
 
 import (
 	"maps"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -45,5 +50,54 @@ func Eventually(tb testing.TB, what string, limit time.Duration, cond func() boo
 			tb.Fatalf("still waiting for %s after %v", what, limit)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+var (
+	buildMu  sync.Mutex
+	builtDir string
+	built    = map[string]string{}
+)
+
+// Binary builds the main package at pkg (a path relative to the module root, e.g. "services/pipeline")
+// once per test binary and returns the executable's path: tests that run what users run (a process, a
+// SIGKILL) use it.
+func Binary(tb testing.TB, pkg string) string {
+	tb.Helper()
+	buildMu.Lock()
+	defer buildMu.Unlock()
+	if path, ok := built[pkg]; ok {
+		return path
+	}
+	if builtDir == "" {
+		removeStaleBinDirs()
+		dir, err := os.MkdirTemp("", "platform-bin-")
+		if err != nil {
+			tb.Fatalf("testenv: %v", err)
+		}
+		builtDir = dir
+	}
+	root, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}").Output()
+	if err != nil {
+		tb.Fatalf("testenv: find the module root: %v", err)
+	}
+	path := filepath.Join(builtDir, filepath.Base(pkg))
+	cmd := exec.Command("go", "build", "-o", path, "./"+pkg)
+	cmd.Dir = strings.TrimSpace(string(root))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		tb.Fatalf("testenv: go build %s: %v\n%s", pkg, err, out)
+	}
+	built[pkg] = path
+	return path
+}
+
+// removeStaleBinDirs removes the binaries earlier test runs left behind (a test binary has no hook to
+// remove its own at exit); an hour is far longer than any test binary runs.
+func removeStaleBinDirs() {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), "platform-bin-*"))
+	for _, d := range dirs {
+		if fi, err := os.Stat(d); err == nil && time.Since(fi.ModTime()) > time.Hour {
+			_ = os.RemoveAll(d)
+		}
 	}
 }
