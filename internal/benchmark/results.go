@@ -1,5 +1,5 @@
 // Package benchmark is the harness behind `make bench`: it runs every measurement of the performance goals
-// (packages ingest, latency, e2e and backlog, each on embedded servers started on free ports), prints them
+// (packages ingest, latency, e2e and backlog, each on servers of its own started on free ports), prints them
 // as a Markdown table against their goals and writes bench-results.json. Nothing here asserts a timing: the
 // machines are shared, so each goal is a ratio measured side by side in one run, or an absolute number
 // reported as measured.
@@ -24,16 +24,24 @@ type Goal struct {
 	What   string
 }
 
-// Goals are the keys of bench-results.json, in table order.
+// Goals are the keys of bench-results.json, in table order. The ingest keys are package ingest's
+// (the production pipeline binary, the store ceiling and the consumers each in a process of their own);
+// without a suffix they are its protojson scenario at 50,000 records.
 var Goals = []Goal{
-	{"pipeline_vs_store_ceiling", ">=", 0.8, "pipeline records/s ÷ unordered InsertMany of the same documents"},
+	{"pipeline_vs_store_ceiling", ">=", 0.98, "pipeline process records/s ÷ the store's ceiling (pre-built documents, one writer, unordered InsertMany of 500, own process); protojson, 50,000 records"},
+	{"pipeline_vs_store_ceiling_30k", ">=", 0.98, "the same, protojson, 30,000 records"},
+	{"pipeline_vs_store_ceiling_protobuf", ">=", 0.98, "the same, protobuf, 50,000 records"},
+	{"bare_consumer_vs_store_ceiling", "", 0, "a bare franz-go consumer (decode, convert, InsertMany of 500, commit) ÷ the ceiling"},
+	{"pipeline_cpu_seconds_per_10k", "", 0, "the pipeline process's CPU seconds (user+system, /proc) per 10,000 records"},
+	{"pipeline_first_stored_ms", "<=", 200, "ms from the pipeline's exec to its first stored record (cold membership cache)"},
 	{"pipeline_vs_insert_one", ">=", 10, "pipeline records/s ÷ a consumer doing one insert per record"},
 	{"authz_latency_ratio", "<=", 1.10, "p50 authorized call (warm cache) ÷ same handler without interceptors"},
 	{"rest_vs_grpc_latency_ratio", "<=", 2.0, "p50 GetConversation via REST ÷ via gRPC"},
 	{"send_to_persisted_p99_ms_at_2000", "<=", 50, "p99 ms from SendMessage's return to readable, 2,000 msgs/s for 30 s"},
+	{"send_to_persisted_p50_ms_at_2000", "", 0, "p50 of the same"},
 	{"pipeline_rss_mib_1m_backlog", "<=", 256, "peak RSS (MiB) of the pipeline process draining 1,000,000 records"},
-	{"pipeline_records_per_s", "", 0, "pipeline throughput behind the first two ratios"},
-	{"store_ceiling_records_per_s", "", 0, "the store's InsertMany ceiling"},
+	{"pipeline_records_per_s", "", 0, "pipeline process throughput behind pipeline_vs_store_ceiling"},
+	{"store_ceiling_records_per_s", "", 0, "the store's ceiling behind it"},
 }
 
 // Met reports whether v reaches the goal; a reported-only number is always met.

@@ -14,8 +14,13 @@ func TestGoalMet(t *testing.T) {
 		v    float64
 		want bool
 	}{
-		{"pipeline_vs_store_ceiling", 0.8, true},
-		{"pipeline_vs_store_ceiling", 0.79, false},
+		{"pipeline_vs_store_ceiling", 0.98, true},
+		{"pipeline_vs_store_ceiling", 0.97, false},
+		{"pipeline_vs_store_ceiling_protobuf", 1.02, true},
+		{"pipeline_first_stored_ms", 200, true},
+		{"pipeline_first_stored_ms", 201, false},
+		{"pipeline_vs_insert_one", 9.9, false},
+		{"pipeline_cpu_seconds_per_10k", 99, true}, // reported only
 		{"authz_latency_ratio", 1.10, true},
 		{"authz_latency_ratio", 1.11, false},
 		{"pipeline_rss_mib_1m_backlog", 300, false},
@@ -54,8 +59,10 @@ func TestWriteJSONHasExactlyTheKeys(t *testing.T) {
 	if err := json.Unmarshal(b, &doc); err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"pipeline_vs_store_ceiling", "pipeline_vs_insert_one", "authz_latency_ratio", "rest_vs_grpc_latency_ratio",
-		"send_to_persisted_p99_ms_at_2000", "pipeline_rss_mib_1m_backlog", "pipeline_records_per_s", "store_ceiling_records_per_s", "meta"}
+	want := []string{"pipeline_vs_store_ceiling", "pipeline_vs_store_ceiling_30k", "pipeline_vs_store_ceiling_protobuf",
+		"bare_consumer_vs_store_ceiling", "pipeline_cpu_seconds_per_10k", "pipeline_first_stored_ms", "pipeline_vs_insert_one",
+		"authz_latency_ratio", "rest_vs_grpc_latency_ratio", "send_to_persisted_p99_ms_at_2000", "send_to_persisted_p50_ms_at_2000",
+		"pipeline_rss_mib_1m_backlog", "pipeline_records_per_s", "store_ceiling_records_per_s", "meta"}
 	if len(doc) != len(want) {
 		t.Errorf("keys = %v, want exactly %v", doc, want)
 	}
@@ -77,7 +84,9 @@ func TestTable(t *testing.T) {
 	got := Results{"pipeline_vs_store_ceiling": 0.5, "authz_latency_ratio": 1.02, "pipeline_records_per_s": 6123.4}.Table()
 	for _, want := range []string{
 		"| metric | value | goal | met? |",
-		"| `pipeline_vs_store_ceiling` | 0.50 | ≥ 0.80 | **no** |",
+		"| `pipeline_vs_store_ceiling` | 0.50 | ≥ 0.98 | **no** |",
+		"| `pipeline_first_stored_ms` | not measured | ≤ 200.0 | **no** |",
+		"| `bare_consumer_vs_store_ceiling` | not measured | report | — |",
 		"| `authz_latency_ratio` | 1.02 | ≤ 1.10 | yes |",
 		"| `rest_vs_grpc_latency_ratio` | not measured | ≤ 2.00 | **no** |",
 		"| `pipeline_records_per_s` | 6123 | report | — |",

@@ -3,6 +3,9 @@
 // KAFKA_BROKERS, MONGO_URI and REDIS_URL is empty, then the gateway and the pipeline roles of the
 // production composition root (internal/app). With no AUTH_HMAC_SECRET nor AUTH_JWKS_FILE it checks tokens with the
 // well-known development secret that `make token` uses.
+//
+// RunServers (`devstack -servers kafka,mongodb,redis`) starts only some of those embedded servers, no
+// platform, for production binaries, benchmarks or several processes to share.
 package devstack
 
 import (
@@ -19,9 +22,7 @@ import (
 	"github.com/msgplatform/platform/internal/app"
 	"github.com/msgplatform/platform/internal/auth"
 	"github.com/msgplatform/platform/internal/config"
-	"github.com/msgplatform/platform/internal/embedded"
 	"github.com/msgplatform/platform/internal/envelope"
-	"github.com/msgplatform/platform/internal/kafka"
 )
 
 // Addresses are where a running devstack can be reached.
@@ -78,31 +79,31 @@ func Run(ctx context.Context, cfg config.Config, logger *slog.Logger, onReady fu
 	}()
 
 	if len(cfg.KafkaBrokers) == 0 {
-		k, err := embedded.StartKafka(cfg.Devstack.KafkaAddr, kafka.Topics)
+		addr, stop, err := startServer(ctx, ServerKafka, cfg, logger)
 		if err != nil {
-			return fmt.Errorf("embedded kafka on DEVSTACK_KAFKA_ADDR %s: %w", cfg.Devstack.KafkaAddr, err)
+			return err
 		}
-		closers = append(closers, k.Close)
-		cfg.KafkaBrokers = []string{k.Addr()}
-		addrs.Embedded = append(addrs.Embedded, "kafka")
+		closers = append(closers, stop)
+		cfg.KafkaBrokers = []string{addr}
+		addrs.Embedded = append(addrs.Embedded, ServerKafka)
 	}
 	if cfg.MongoURI == "" {
-		m, err := embedded.StartMongo(ctx, cfg.Devstack.MongoAddr, cfg.Devstack.DataDir, logger)
+		addr, stop, err := startServer(ctx, ServerMongo, cfg, logger)
 		if err != nil {
-			return fmt.Errorf("embedded mongodb (FerretDB) on DEVSTACK_MONGO_ADDR %s: %w", cfg.Devstack.MongoAddr, err)
+			return err
 		}
-		closers = append(closers, m.Close)
-		cfg.MongoURI = m.URI()
-		addrs.Embedded = append(addrs.Embedded, "mongodb")
+		closers = append(closers, stop)
+		cfg.MongoURI = addr
+		addrs.Embedded = append(addrs.Embedded, ServerMongo)
 	}
 	if cfg.RedisURL == "" {
-		r, err := embedded.StartRedis(cfg.Devstack.RedisAddr)
+		addr, stop, err := startServer(ctx, ServerRedis, cfg, logger)
 		if err != nil {
-			return fmt.Errorf("embedded redis on DEVSTACK_REDIS_ADDR %s: %w", cfg.Devstack.RedisAddr, err)
+			return err
 		}
-		closers = append(closers, r.Close)
-		cfg.RedisURL = r.URL()
-		addrs.Embedded = append(addrs.Embedded, "redis")
+		closers = append(closers, stop)
+		cfg.RedisURL = addr
+		addrs.Embedded = append(addrs.Embedded, ServerRedis)
 	}
 	addrs.Kafka, addrs.MongoURI, addrs.RedisURL = cfg.KafkaBrokers[0], cfg.MongoURI, cfg.RedisURL
 	if cfg.KafkaSigningKeys == nil {

@@ -3,7 +3,8 @@
 // (kfake via testenv.Kafka, FerretDB via testenv.Mongo, a real redis-server via testenv.Redis), all on
 // free ports, and runs the load generator (internal/loadgen) against it. Its headline number is
 // send_to_persisted_p99_ms_at_2000: the p99 time from SendMessage returning to the message being
-// readable (its persisted event arriving on StreamMessages), at 2,000 messages/s for 30 s.
+// readable (its persisted event arriving on StreamMessages), at 2,000 messages/s for 30 s. At the end of
+// the run it also reads the pipeline's mean time per batch of each stage from the platform's /metrics.
 //
 // The load generator runs in the same process as the platform, so both share the machine's cores, as a
 // client on the same host would; its goroutines carry the pprof label component=loadgen (kfake and
@@ -18,12 +19,16 @@ import (
 	"math"
 	"os"
 	"runtime/pprof"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/msgplatform/platform/internal/auth"
+	"github.com/msgplatform/platform/internal/benchmark/scrape"
 	"github.com/msgplatform/platform/internal/config"
 	"github.com/msgplatform/platform/internal/devstack"
+	"github.com/msgplatform/platform/internal/envelope"
 	"github.com/msgplatform/platform/internal/loadgen"
 	"github.com/msgplatform/platform/internal/testenv"
 )
@@ -111,15 +116,31 @@ type Options struct {
 	CPUProfile string
 }
 
+// Measurement is the load generator's result and the pipeline's stages over the run.
+type Measurement struct {
+	loadgen.Result
+	// Stages are the pipeline's stages, in pipeline order, with their mean time per batch over the run
+	// (warm-up included), from its platform_pipeline_stage_duration_seconds histogram.
+	Stages []StageTime
+}
+
+// StageTime is one pipeline stage's time per batch (one partition's batch, one attempt).
+type StageTime struct {
+	Stage      string
+	Batches    uint64
+	MeanMillis float64
+}
+
 // MeasureSendToPersisted starts the platform and measures rate messages/s for d against it;
 // SustainedP99Millis of the result is send_to_persisted_p99_ms_at_2000 when rate is 2000 and d 30 s.
-func MeasureSendToPersisted(tb testing.TB, rate int, d time.Duration) (loadgen.Result, error) {
+func MeasureSendToPersisted(tb testing.TB, rate int, d time.Duration) (Measurement, error) {
 	tb.Helper()
 	return Measure(tb, Options{Rate: rate, Duration: d})
 }
 
-// Measure starts the platform and runs the load generator against it with o.
-func Measure(tb testing.TB, o Options) (loadgen.Result, error) {
+// Measure starts the platform, runs the load generator against it with o, then reads the pipeline's
+// stage times from the platform's /metrics.
+func Measure(tb testing.TB, o Options) (Measurement, error) {
 	tb.Helper()
 	p := StartPlatform(tb)
 	cfg := p.LoadConfig(o.Rate, o.Duration)
@@ -129,7 +150,53 @@ func Measure(tb testing.TB, o Options) (loadgen.Result, error) {
 	if o.Senders > 0 {
 		cfg.Senders = o.Senders
 	}
-	return run(cfg, o.Progress, o.CPUProfile)
+	res, err := run(cfg, o.Progress, o.CPUProfile)
+	if err != nil {
+		return Measurement{Result: res}, err
+	}
+	stages, err := p.StageTimes(context.Background())
+	if err != nil {
+		return Measurement{Result: res}, err
+	}
+	return Measurement{Result: res, Stages: stages}, nil
+}
+
+// stageOrder is the pipeline's order of stages; a stage not listed comes after them.
+var stageOrder = append(slices.Clone(envelope.Stages), "metrics")
+
+// StageTimes scrapes the platform's /metrics for the pipeline's stage durations so far: the mean time
+// per batch of each stage (sum ÷ count of platform_pipeline_stage_duration_seconds), in pipeline order.
+func (p *Platform) StageTimes(ctx context.Context) ([]StageTime, error) {
+	mfs, err := scrape.Fetch(ctx, "http://"+p.Addrs.Metrics+"/metrics")
+	if err != nil {
+		return nil, fmt.Errorf("e2e: pipeline stage times: %w", err)
+	}
+	var out []StageTime
+	for _, h := range mfs.Histogram("platform_pipeline_stage_duration_seconds", "stage") {
+		out = append(out, StageTime{Stage: h.Label, Batches: h.Count, MeanMillis: h.Mean() * 1000})
+	}
+	rank := func(s string) int {
+		if i := slices.Index(stageOrder, s); i >= 0 {
+			return i
+		}
+		return len(stageOrder)
+	}
+	slices.SortStableFunc(out, func(a, b StageTime) int { return rank(a.Stage) - rank(b.Stage) })
+	return out, nil
+}
+
+// WriteStages writes the stage times as one Markdown table.
+func (m Measurement) WriteStages(w io.Writer) error {
+	var b strings.Builder
+	b.WriteString("| pipeline stage | batches | mean per batch (ms) |\n|---|---:|---:|\n")
+	var total float64
+	for _, s := range m.Stages {
+		fmt.Fprintf(&b, "| %s | %d | %.2f |\n", s.Stage, s.Batches, s.MeanMillis)
+		total += s.MeanMillis
+	}
+	fmt.Fprintf(&b, "| all stages | | %.2f |\n", total)
+	_, err := io.WriteString(w, b.String())
+	return err
 }
 
 // run runs the load generator under the pprof label component=loadgen, with the CPU profiled to
@@ -153,6 +220,14 @@ func run(cfg loadgen.Config, progress io.Writer, profile string) (res loadgen.Re
 		return res, fmt.Errorf("e2e: %w", err)
 	}
 	return res, nil
+}
+
+// SustainedP50Millis is SustainedP99Millis's p50: send_to_persisted_p50_ms_at_2000.
+func SustainedP50Millis(r loadgen.Result) float64 {
+	if missing := r.Scheduled - r.OK + r.Unseen; missing*100 > r.Scheduled {
+		return math.Inf(1)
+	}
+	return loadgen.Millis(r.SendToPersistedAll.P50)
 }
 
 // SustainedP99Millis is the p99 of send→persisted in milliseconds (SendToPersistedAll: messages never seen

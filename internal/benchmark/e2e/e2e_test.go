@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -125,6 +126,25 @@ func TestSendToPersistedSmall(t *testing.T) {
 	if total != want+convs {
 		t.Errorf("ListMessages over the conversations = %d messages, want %d sent + %d warm-up", total, want, convs)
 	}
+
+	// The pipeline's stage times are read from the platform's /metrics: every stage ran on some batches.
+	stages, err := p.StageTimes(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, s := range stages {
+		names = append(names, s.Stage)
+		if s.Batches == 0 {
+			t.Errorf("stage %s ran on no batch", s.Stage)
+		}
+	}
+	if len(stages) == 0 || !slices.Contains(names, "persist") || names[0] != "authenticate" {
+		t.Errorf("stages %v: want the pipeline's, in order", names)
+	}
+	var tbl strings.Builder
+	_ = Measurement{Stages: stages}.WriteStages(&tbl)
+	t.Log("\n" + tbl.String())
 }
 
 // BenchmarkSendToPersisted measures send_to_persisted_p99_ms_at_2000 (the harness calls
@@ -149,8 +169,9 @@ func BenchmarkSendToPersisted(b *testing.B) {
 			b.Fatal(err)
 		}
 		_ = res.WriteTable(os.Stderr) // b.Log truncates long output
+		_ = res.WriteStages(os.Stderr)
 		b.ReportMetric(loadgen.Millis(res.SendToPersistedAll.P99), "send_to_persisted_p99_ms")
-		b.ReportMetric(loadgen.Millis(res.SendToPersisted.P50), "send_to_persisted_p50_ms")
+		b.ReportMetric(loadgen.Millis(res.SendToPersistedAll.P50), "send_to_persisted_p50_ms")
 		b.ReportMetric(loadgen.Millis(res.Send.P99), "send_p99_ms")
 		b.ReportMetric(res.AchievedRate, "msgs/s")
 		b.ReportMetric(float64(res.Scheduled-res.Sent+res.Failed+res.Unseen), "lost")

@@ -1,71 +1,137 @@
-// Package ingest measures the ingest pipeline's throughput against two baselines on the same embedded
-// servers (FerretDB via testenv.Mongo, kfake via testenv.Kafka, a real redis-server via testenv.Redis):
+// Package ingest measures what a user runs: the production pipeline binary (services/pipeline) draining
+// a pre-filled messages.inbound, each server and each measured system in a process of its own, against
+// the store's own ceiling and a bare consumer, side by side.
 //
-//   - pipeline: the production wiring (pipeline.Open and Run with config.Load) draining a pre-filled
-//     messages.inbound backlog until every record is stored;
-//   - ceiling: the store's own ceiling, one writer doing unordered InsertMany of the very same documents
-//     in large chunks, no Kafka, into a database of its own with the same indexes;
-//   - insert_one: a plain franz-go consumer storing each record with its own single-document insert.
+// Processes of one measurement (binaries built once, with `go build`, into a temporary directory):
 //
-// A round runs the three in an order that rotates from round to round; the reported values are medians
-// over rounds, the ratios medians of each round's own ratio (side by side, so the machine's noise
-// cancels out as much as it can).
+//   - `devstack -servers kafka` (kfake) and `devstack -servers mongodb` (FerretDB on SQLite), new for
+//     every scenario, on free ports, and a real redis-server (testenv.Redis);
+//   - pipeline: services/pipeline with the production configuration (config.FromEnv), a fresh
+//     MONGO_DATABASE holding the workload's conversations and memberships, a cold membership cache (Redis
+//     flushed) and its consumer group deleted, so it drains the backlog from the start. It is timed from
+//     its exec to the moment its /metrics counter platform_pipeline_messages_total reaches the backlog
+//     (scraped every 50 ms; the first moment it is above 0 is its time to first stored record); its CPU
+//     time is read from /proc/<pid>/stat right then. It is then stopped with SIGTERM, must exit 0, and
+//     its database must hold exactly the backlog;
+//   - ceiling: `storebench ceiling`, the store's best: the same documents built before its clock starts,
+//     one writer, unordered InsertMany of 500, into a database of its own;
+//   - consumer: `storebench consumer`, a bare franz-go consumer group decoding, converting and storing
+//     with unordered InsertMany of 500, a commit after each, timed from its exec;
+//   - insert_one (one scenario): `storebench consumer -batch 1 -poll 1000`, one insert per record, on a
+//     sample of the backlog.
+//
+// A scenario is an encoding and a backlog size; every round runs its systems in an order that rotates
+// from round to round, and the reported values are medians over rounds, the ratios medians of each
+// round's own ratio (side by side, so the machine's noise cancels out as much as it can).
 package ingest
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
-	"log/slog"
-	"net/http"
+	"os"
+	"path/filepath"
+	"runtime"
 	"slices"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
+	"github.com/redis/go-redis/v9"
 	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
-	"google.golang.org/protobuf/proto"
 
-	platformv1 "github.com/msgplatform/platform/gen/platform/v1"
-	"github.com/msgplatform/platform/internal/app"
-	"github.com/msgplatform/platform/internal/config"
+	"github.com/msgplatform/platform/internal/benchmark/ingest/workload"
+	"github.com/msgplatform/platform/internal/benchmark/scrape"
+	"github.com/msgplatform/platform/internal/devstack"
 	"github.com/msgplatform/platform/internal/kafka"
 	"github.com/msgplatform/platform/internal/store"
 	"github.com/msgplatform/platform/internal/testenv"
 )
 
-// Defaults of Options.
+// Scenario names of DefaultScenarios.
 const (
-	DefaultRecords          = 50_000
-	DefaultInsertOneRecords = 3_000
-	DefaultRounds           = 3
-	DefaultCeilingChunk     = store.DefaultBulkMaxDocs
-	DefaultTenants          = 3
-	DefaultConversations    = 100 // per tenant
-	DefaultMembers          = 5   // per conversation, all of them senders
+	ScenarioProtoJSON30k = "protojson_30k"
+	ScenarioProtoJSON50k = "protojson_50k"
+	ScenarioProtobuf50k  = "protobuf_50k"
 )
 
-// phaseTimeout bounds one measured phase, so a stuck pipeline fails the measurement instead of hanging.
-const phaseTimeout = 3 * time.Minute
+// Defaults of Options.
+const (
+	DefaultInsertOneRecords = 3_000
+	DefaultRounds           = 3
+	DefaultCeilingChunk     = store.DefaultBulkMaxDocs // 500
+	DefaultConsumerBatch    = store.DefaultBulkMaxDocs // 500
+	// The workload's shape: 300 conversations of 5 members over 3 tenants.
+	DefaultTenants       = workload.DefaultTenants
+	DefaultConversations = workload.DefaultConversations
+	DefaultMembers       = workload.DefaultMembers
+)
 
-// Options tunes MeasureIngest; zero values take the defaults above.
+// Systems measured, as in Round.Order.
+const (
+	SystemPipeline  = "pipeline"
+	SystemCeiling   = "ceiling"
+	SystemConsumer  = "consumer"
+	SystemInsertOne = "insert_one"
+)
+
+const (
+	// runTimeout bounds one measured run, so a stuck process fails the measurement instead of hanging.
+	runTimeout = 3 * time.Minute
+	// scrapeEvery is how often the pipeline's /metrics is read while it drains.
+	scrapeEvery = 50 * time.Millisecond
+	// settle is the pause before every run, for the previous process's exit and the store's writes to
+	// finish.
+	settle = time.Second
+)
+
+// Scenario is one backlog: its encoding and size.
+type Scenario struct {
+	Name     string
+	Encoding workload.Encoding
+	Records  int
+	// Seed is the workload's seed (0: the scenario's position in Options.Scenarios, from 1).
+	Seed uint64
+	// InsertOne adds the one-insert-per-record consumer (Options.InsertOneRecords records) to the rounds.
+	InsertOne bool
+	// Headline makes this scenario the source of Result's top-level fields (default: the first).
+	Headline bool
+}
+
+// DefaultScenarios are protojson at 30,000 and 50,000 records and protobuf at 50,000; the headline is
+// protojson at 50,000, which also runs the one-insert-per-record consumer.
+func DefaultScenarios() []Scenario {
+	return []Scenario{
+		{Name: ScenarioProtoJSON30k, Encoding: workload.ProtoJSON, Records: 30_000},
+		{Name: ScenarioProtoJSON50k, Encoding: workload.ProtoJSON, Records: 50_000, InsertOne: true, Headline: true},
+		{Name: ScenarioProtobuf50k, Encoding: workload.Protobuf, Records: 50_000},
+	}
+}
+
+// Options tunes MeasureIngest; zero values take the defaults.
 type Options struct {
-	// Records is the backlog of each round, drained by the pipeline and written by the ceiling.
-	Records int
-	// InsertOneRecords is the sample the InsertOne consumer stores per round (the first records of the
-	// round's backlog): its rate is a rate, and a full backlog at its speed would blow the time budget.
+	Scenarios []Scenario // DefaultScenarios()
+	Rounds    int        // DefaultRounds
+	// InsertOneRecords is the sample the one-insert-per-record consumer stores per round (the first
+	// records of the backlog): its rate is a rate, and a full backlog at its speed would blow the budget.
 	InsertOneRecords int
-	Rounds           int
-	// CeilingChunk is the number of documents per InsertMany of the ceiling.
-	CeilingChunk int
-	// Tenants, Conversations (per tenant) and Members (per conversation) shape the workload.
-	Tenants, Conversations, Members int
-	// Logger receives the pipeline's logs (nil: discarded).
-	Logger *slog.Logger
+	CeilingChunk     int // documents per InsertMany of the ceiling
+	ConsumerBatch    int // records per InsertMany of the bare consumer
+	Shape            workload.Shape
+	// PipelineEnv adds KEY=VALUE variables to the pipeline's environment (e.g. PIPELINE_* tuning); by
+	// default it runs with the configuration's defaults.
+	PipelineEnv []string
+	// Binaries are prebuilt (BuildBinaries); nil builds them into the test's temporary directory.
+	Binaries *Binaries
+	// Progress receives a line per run (nil: the test's log).
+	Progress io.Writer
 }
 
 func (o Options) withDefaults() Options {
@@ -74,88 +140,285 @@ func (o Options) withDefaults() Options {
 			*v = d
 		}
 	}
-	def(&o.Records, DefaultRecords)
-	def(&o.InsertOneRecords, DefaultInsertOneRecords)
-	def(&o.Rounds, DefaultRounds)
-	def(&o.CeilingChunk, DefaultCeilingChunk)
-	def(&o.Tenants, DefaultTenants)
-	def(&o.Conversations, DefaultConversations)
-	def(&o.Members, DefaultMembers)
-	if o.Logger == nil {
-		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	if len(o.Scenarios) == 0 {
+		o.Scenarios = DefaultScenarios()
 	}
+	o.Scenarios = slices.Clone(o.Scenarios)
+	for i := range o.Scenarios {
+		if o.Scenarios[i].Seed == 0 {
+			o.Scenarios[i].Seed = uint64(i + 1)
+		}
+		if o.Scenarios[i].Encoding == "" {
+			o.Scenarios[i].Encoding = workload.Protobuf
+		}
+		if o.Scenarios[i].Name == "" {
+			o.Scenarios[i].Name = fmt.Sprintf("%s_%d", o.Scenarios[i].Encoding, o.Scenarios[i].Records)
+		}
+	}
+	def(&o.Rounds, DefaultRounds)
+	def(&o.InsertOneRecords, DefaultInsertOneRecords)
+	def(&o.CeilingChunk, DefaultCeilingChunk)
+	def(&o.ConsumerBatch, DefaultConsumerBatch)
+	o.Shape = o.Shape.WithDefaults()
 	return o
+}
+
+// Run is one system's run.
+type Run struct {
+	Records int
+	// Seconds is the measured time: from exec to the last record stored for the pipeline and the
+	// consumers, from the first write to the last for the ceiling.
+	Seconds float64
+	PerSec  float64
+	// CPUSeconds is the process's user+system time until its last record was stored.
+	CPUSeconds float64
+	// FirstStoredSeconds is when its first record was stored, from the same start as Seconds.
+	FirstStoredSeconds float64
+}
+
+// CPUPer10k is the process's CPU seconds per 10,000 records.
+func (r Run) CPUPer10k() float64 {
+	if r.Records == 0 {
+		return 0
+	}
+	return r.CPUSeconds / float64(r.Records) * 10_000
 }
 
 // Round is what one round measured, in records per second.
 type Round struct {
 	Pipeline  float64
 	Ceiling   float64
-	InsertOne float64
-	// Order is the order the three ran in this round.
+	Consumer  float64
+	InsertOne float64 // 0 when the scenario does not run it
+	// Order is the order the systems ran in this round.
 	Order []string
+	// Runs are the details, by system.
+	Runs map[string]Run
 }
 
-// Result is the measurement: medians over rounds.
+// ScenarioResult is one scenario's medians over its rounds.
+type ScenarioResult struct {
+	Scenario Scenario
+
+	PipelinePerSec, CeilingPerSec, ConsumerPerSec, InsertOnePerSec float64
+	// Ratios are medians of each round's own ratio.
+	PipelineVsCeiling, ConsumerVsCeiling, PipelineVsInsertOne float64
+	// CPU seconds per 10,000 records of each process.
+	PipelineCPUPer10k, CeilingCPUPer10k, ConsumerCPUPer10k, InsertOneCPUPer10k float64
+	// Time to the first stored record: from exec for the pipeline and the consumer, from the first
+	// write for the ceiling.
+	PipelineFirstStoredMs, CeilingFirstStoredMs, ConsumerFirstStoredMs, InsertOneFirstStoredMs float64
+	// FillSeconds is how long producing the backlog took (not measured against anything).
+	FillSeconds float64
+	Rounds      []Round
+}
+
+// Result is the measurement. The top-level numbers are the headline scenario's (DefaultScenarios:
+// protojson at 50,000 records).
 type Result struct {
-	Records          int // per round, pipeline and ceiling
-	InsertOneRecords int // per round, InsertOne consumer
+	Records          int // per round, the headline's backlog
+	InsertOneRecords int // per round, one-insert-per-record consumer
 
 	PipelinePerSec  float64
 	CeilingPerSec   float64
 	InsertOnePerSec float64
-	// PipelineVsCeiling and PipelineVsInsertOne are medians of the rounds' own ratios.
+	ConsumerPerSec  float64
+	// Ratios are medians of each round's own ratio.
 	PipelineVsCeiling   float64
 	PipelineVsInsertOne float64
+	ConsumerVsCeiling   float64
+	// PipelineCPUPer10k is the pipeline process's CPU seconds per 10,000 records.
+	PipelineCPUPer10k float64
+	// PipelineFirstStoredMs is the time from the pipeline's exec to its first stored record.
+	PipelineFirstStoredMs float64
 
-	Rounds []Round
+	Rounds    []Round // the headline's
+	Scenarios []ScenarioResult
 }
 
-// Phase names, as in Round.Order.
-const (
-	PhasePipeline  = "pipeline"
-	PhaseCeiling   = "ceiling"
-	PhaseInsertOne = "insert_one"
-)
-
-// bench is the servers and clients of one measurement.
-type bench struct {
-	tb       testing.TB
-	opts     Options
-	cfg      config.Config
-	client   *mongo.Client
-	st       *store.Store // the pipeline's database
-	ceiling  *store.Store // the ceiling's database, same indexes
-	single   *store.Store // the InsertOne consumer's database, same indexes
-	producer *kgo.Client
-	admin    *kadm.Client
-	work     *workload
+// Scenario returns the result of the scenario named name.
+func (r Result) Scenario(name string) (ScenarioResult, bool) {
+	for _, s := range r.Scenarios {
+		if s.Scenario.Name == name {
+			return s, true
+		}
+	}
+	return ScenarioResult{}, false
 }
 
-// MeasureIngest starts the embedded servers, creates the workload's conversations, and runs the rounds.
-// It fails (returns an error) if a round does not store every record exactly once.
+// measurement is what the scenarios of one MeasureIngest share.
+type measurement struct {
+	tb    testing.TB
+	opts  Options
+	bins  Binaries
+	redis *redis.Client
+	url   string // REDIS_URL
+	logf  func(format string, args ...any)
+}
+
+// MeasureIngest builds the binaries, starts the servers and measures every scenario (see the package
+// comment). It fails (returns an error) if any run does not store exactly its records, or any process
+// does not exit cleanly.
 func MeasureIngest(tb testing.TB, opts Options) (Result, error) {
 	tb.Helper()
 	opts = opts.withDefaults()
-	b, err := setup(tb, opts)
-	if err != nil {
-		return Result{}, err
+	m := &measurement{tb: tb, opts: opts, logf: tb.Logf}
+	if opts.Progress != nil {
+		m.logf = func(format string, args ...any) { fmt.Fprintf(opts.Progress, format+"\n", args...) }
 	}
-	res := Result{Records: opts.Records, InsertOneRecords: opts.InsertOneRecords}
-	for r := range opts.Rounds {
-		round, err := b.round(r)
+	if opts.Binaries != nil {
+		m.bins = *opts.Binaries
+	} else {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+		defer cancel()
+		start := time.Now()
+		bins, err := BuildBinaries(ctx, tb.TempDir())
 		if err != nil {
-			return res, fmt.Errorf("round %d: %w", r+1, err)
+			return Result{}, err
 		}
-		tb.Logf("ingest round %d (%v): pipeline %.0f/s, ceiling %.0f/s, insert_one %.0f/s → %.2f of the ceiling, %.1f× insert_one",
-			r+1, round.Order, round.Pipeline, round.Ceiling, round.InsertOne, round.Pipeline/round.Ceiling, round.Pipeline/round.InsertOne)
+		m.bins = bins
+		m.logf("ingest: built pipeline, devstack and storebench in %v", time.Since(start).Round(100*time.Millisecond))
+	}
+	m.url = testenv.Redis(tb)
+	ro, err := redis.ParseURL(m.url)
+	if err != nil {
+		return Result{}, fmt.Errorf("redis url: %w", err)
+	}
+	m.redis = redis.NewClient(ro)
+	defer m.redis.Close()
+
+	var res Result
+	headline := 0
+	for i, sc := range opts.Scenarios {
+		if sc.Headline {
+			headline = i
+			break
+		}
+	}
+	for _, sc := range opts.Scenarios {
+		runtime.GC()
+		sr, err := m.scenario(sc)
+		if err != nil {
+			return res, fmt.Errorf("ingest scenario %s: %w", sc.Name, err)
+		}
+		res.Scenarios = append(res.Scenarios, sr)
+	}
+	h := res.Scenarios[headline]
+	res.Records, res.InsertOneRecords = h.Scenario.Records, opts.InsertOneRecords
+	res.PipelinePerSec, res.CeilingPerSec, res.ConsumerPerSec, res.InsertOnePerSec = h.PipelinePerSec, h.CeilingPerSec, h.ConsumerPerSec, h.InsertOnePerSec
+	res.PipelineVsCeiling, res.PipelineVsInsertOne, res.ConsumerVsCeiling = h.PipelineVsCeiling, h.PipelineVsInsertOne, h.ConsumerVsCeiling
+	res.PipelineCPUPer10k, res.PipelineFirstStoredMs = h.PipelineCPUPer10k, h.PipelineFirstStoredMs
+	res.Rounds = h.Rounds
+	return res, nil
+}
+
+// servers are one scenario's Kafka and MongoDB processes and the harness's clients of them.
+type servers struct {
+	kafka, mongo *serversProc
+	producer     *kgo.Client
+	admin        *kadm.Client
+	client       *mongo.Client
+}
+
+// scenario starts the scenario's servers, fills the backlog and runs the rounds.
+func (m *measurement) scenario(sc Scenario) (res ScenarioResult, err error) {
+	res.Scenario = sc
+	dir, err := os.MkdirTemp(m.tb.TempDir(), sc.Name+"-")
+	if err != nil {
+		return res, fmt.Errorf("data directory: %w", err)
+	}
+	freeAddr := func() string { return testenv.FreeAddr(m.tb) }
+	s := &servers{}
+	defer func() {
+		// Clients first, then the servers, which must stop cleanly.
+		if s.producer != nil {
+			s.producer.Close()
+		}
+		if s.client != nil {
+			_ = s.client.Disconnect(context.Background())
+		}
+		for _, p := range []*serversProc{s.mongo, s.kafka} {
+			if p == nil {
+				continue
+			}
+			if stopErr := p.stop(); stopErr != nil && err == nil {
+				err = stopErr
+			}
+		}
+	}()
+	if s.kafka, err = startServers(m.bins, devstack.ServerKafka, filepath.Join(dir, "kafka"), freeAddr); err != nil {
+		return res, err
+	}
+	if s.mongo, err = startServers(m.bins, devstack.ServerMongo, filepath.Join(dir, "mongodb"), freeAddr); err != nil {
+		return res, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), runTimeout)
+	defer cancel()
+	if s.producer, err = kafka.NewProducer([]string{s.kafka.addrs.Kafka}, time.Minute); err != nil {
+		return res, fmt.Errorf("kafka producer: %w", err)
+	}
+	s.admin = kadm.NewClient(s.producer)
+	if s.client, err = store.Connect(ctx, s.mongo.addrs.MongoURI); err != nil {
+		return res, err
+	}
+
+	start := time.Now()
+	if err := fill(ctx, s.producer, workload.New(sc.Seed, m.opts.Shape), sc.Encoding, sc.Records); err != nil {
+		return res, err
+	}
+	res.FillSeconds = time.Since(start).Seconds()
+	m.logf("ingest %s: %d %s records in messages.inbound after %.1fs (kafka %s, mongodb %s, redis %s)",
+		sc.Name, sc.Records, sc.Encoding, res.FillSeconds, s.kafka.addrs.Kafka, s.mongo.addrs.MongoURI, m.url)
+
+	systems := []string{SystemPipeline, SystemCeiling, SystemConsumer}
+	if sc.InsertOne {
+		systems = append(systems, SystemInsertOne)
+	}
+	for r := range m.opts.Rounds {
+		k := r % len(systems)
+		round := Round{Order: append(slices.Clone(systems[k:]), systems[:k]...), Runs: map[string]Run{}}
+		for _, system := range round.Order {
+			time.Sleep(settle)
+			run, err := m.run(s, sc, system, r)
+			if err != nil {
+				return res, fmt.Errorf("round %d: %s: %w", r+1, system, err)
+			}
+			round.Runs[system] = run
+			m.logf("ingest %s round %d: %-10s %6d records in %6.2fs = %6.0f/s, CPU %5.2fs (%.2f s/10k), first stored %4.0f ms",
+				sc.Name, r+1, system, run.Records, run.Seconds, run.PerSec, run.CPUSeconds, run.CPUPer10k(), run.FirstStoredSeconds*1000)
+		}
+		round.Pipeline, round.Ceiling = round.Runs[SystemPipeline].PerSec, round.Runs[SystemCeiling].PerSec
+		round.Consumer, round.InsertOne = round.Runs[SystemConsumer].PerSec, round.Runs[SystemInsertOne].PerSec
 		res.Rounds = append(res.Rounds, round)
 	}
-	res.PipelinePerSec = median(res.Rounds, func(r Round) float64 { return r.Pipeline })
-	res.CeilingPerSec = median(res.Rounds, func(r Round) float64 { return r.Ceiling })
-	res.InsertOnePerSec = median(res.Rounds, func(r Round) float64 { return r.InsertOne })
-	res.PipelineVsCeiling = median(res.Rounds, func(r Round) float64 { return r.Pipeline / r.Ceiling })
-	res.PipelineVsInsertOne = median(res.Rounds, func(r Round) float64 { return r.Pipeline / r.InsertOne })
+
+	rate := func(system string) func(Round) float64 {
+		return func(r Round) float64 { return r.Runs[system].PerSec }
+	}
+	ratio := func(a, b string) func(Round) float64 {
+		return func(r Round) float64 {
+			if r.Runs[b].PerSec == 0 {
+				return 0
+			}
+			return r.Runs[a].PerSec / r.Runs[b].PerSec
+		}
+	}
+	cpu := func(system string) func(Round) float64 {
+		return func(r Round) float64 { return r.Runs[system].CPUPer10k() }
+	}
+	first := func(system string) func(Round) float64 {
+		return func(r Round) float64 { return r.Runs[system].FirstStoredSeconds * 1000 }
+	}
+	res.PipelinePerSec, res.CeilingPerSec = median(res.Rounds, rate(SystemPipeline)), median(res.Rounds, rate(SystemCeiling))
+	res.ConsumerPerSec = median(res.Rounds, rate(SystemConsumer))
+	res.PipelineVsCeiling, res.ConsumerVsCeiling = median(res.Rounds, ratio(SystemPipeline, SystemCeiling)), median(res.Rounds, ratio(SystemConsumer, SystemCeiling))
+	res.PipelineCPUPer10k, res.CeilingCPUPer10k, res.ConsumerCPUPer10k = median(res.Rounds, cpu(SystemPipeline)), median(res.Rounds, cpu(SystemCeiling)), median(res.Rounds, cpu(SystemConsumer))
+	res.PipelineFirstStoredMs, res.CeilingFirstStoredMs, res.ConsumerFirstStoredMs = median(res.Rounds, first(SystemPipeline)), median(res.Rounds, first(SystemCeiling)), median(res.Rounds, first(SystemConsumer))
+	if sc.InsertOne {
+		res.InsertOnePerSec = median(res.Rounds, rate(SystemInsertOne))
+		res.PipelineVsInsertOne = median(res.Rounds, ratio(SystemPipeline, SystemInsertOne))
+		res.InsertOneCPUPer10k, res.InsertOneFirstStoredMs = median(res.Rounds, cpu(SystemInsertOne)), median(res.Rounds, first(SystemInsertOne))
+	}
 	return res, nil
 }
 
@@ -174,278 +437,194 @@ func median(rounds []Round, f func(Round) float64) float64 {
 	return vs[len(vs)/2]
 }
 
-func setup(tb testing.TB, opts Options) (*bench, error) {
-	vars := map[string]string{
-		"KAFKA_BROKERS": testenv.Kafka(tb), "MONGO_URI": testenv.Mongo(tb), "MONGO_DATABASE": "platform",
-		"REDIS_URL": testenv.Redis(tb), "SHUTDOWN_TIMEOUT": "30s", "KAFKA_SIGNING_KEYS": testenv.SigningKeysSpec,
-		"HTTP_ADDR": "127.0.0.1:0", "METRICS_ADDR": "127.0.0.1:0", "SHUTDOWN_DRAIN_DELAY": "0s", "WATCHERS_ENABLED": "false",
-	}
-	cfg, err := config.Load(func(k string) string { return vars[k] })
-	if err != nil {
-		return nil, fmt.Errorf("configuration: %w", err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), phaseTimeout)
+// run runs one system once, in a database of its own that it drops afterwards.
+func (m *measurement) run(s *servers, sc Scenario, system string, round int) (Run, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), runTimeout)
 	defer cancel()
-	client, err := store.Connect(ctx, cfg.MongoURI)
-	if err != nil {
-		return nil, err
-	}
-	tb.Cleanup(func() { _ = client.Disconnect(context.Background()) })
-	b := &bench{tb: tb, opts: opts, cfg: cfg, client: client,
-		st: store.New(client.Database(cfg.MongoDatabase)), ceiling: store.New(client.Database("bench_ceiling")),
-		single: store.New(client.Database("bench_insert_one"))}
-	for _, s := range []*store.Store{b.st, b.ceiling, b.single} {
-		if err := s.EnsureIndexes(ctx); err != nil {
-			return nil, fmt.Errorf("indexes: %w", err)
+	db := fmt.Sprintf("%s_%s_r%d", system, sc.Name, round+1)
+	st := store.New(s.client.Database(db))
+	defer func() {
+		dctx, dcancel := context.WithTimeout(context.Background(), time.Minute)
+		defer dcancel()
+		if err := st.Database().Drop(dctx); err != nil {
+			m.logf("ingest: drop database %s: %v", db, err)
 		}
-	}
-	b.producer, err = kafka.NewProducer(cfg.KafkaBrokers, cfg.ProduceTimeout)
-	if err != nil {
-		return nil, err
-	}
-	tb.Cleanup(b.producer.Close)
-	b.admin = kadm.NewClient(b.producer)
-	b.work, err = createConversations(ctx, b.st, opts.Tenants, opts.Conversations, opts.Members, 1)
-	if err != nil {
-		return nil, err
-	}
-	return b, nil
-}
-
-// round fills the backlog with opts.Records new messages, then runs the three phases in this round's
-// order.
-func (b *bench) round(r int) (Round, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), phaseTimeout)
-	defer cancel()
-	starts, err := b.admin.ListEndOffsets(ctx, kafka.TopicInbound)
-	if err != nil {
-		return Round{}, fmt.Errorf("inbound offsets: %w", err)
-	}
-	if err := starts.Error(); err != nil {
-		return Round{}, fmt.Errorf("inbound offsets: %w", err)
-	}
-	recs := make([]*kgo.Record, b.opts.Records)
-	docs := make([]store.Message, b.opts.Records)
-	now := time.Now()
-	for i := range recs {
-		in := b.work.message(now)
-		if recs[i], err = record(in); err != nil {
-			return Round{}, err
-		}
-		docs[i] = storedMessage(in)
-	}
-	for chunk := range slices.Chunk(recs, 5000) {
-		if err := b.producer.ProduceSync(ctx, chunk...).FirstErr(); err != nil {
-			return Round{}, fmt.Errorf("fill the backlog: %w", err)
-		}
-	}
-
-	phases := []string{PhasePipeline, PhaseCeiling, PhaseInsertOne}
-	order := append(phases[r%3:], phases[:r%3]...)
-	out := Round{Order: order}
-	for _, p := range order {
-		var err error
-		switch p {
-		case PhasePipeline:
-			out.Pipeline, err = b.runPipeline(r)
-		case PhaseCeiling:
-			out.Ceiling, err = b.runCeiling(r, docs)
-		case PhaseInsertOne:
-			out.InsertOne, err = b.runInsertOne(r, starts)
-		}
-		if err != nil {
-			return out, fmt.Errorf("%s: %w", p, err)
-		}
-	}
-	return out, nil
-}
-
-// runPipeline runs the pipeline role of the production composition root (app.Run, as services/pipeline
-// does) and measures the time from its start until its counter of stored messages, read from its
-// /metrics endpoint, reaches the backlog; it then stops it gracefully and checks the count.
-func (b *bench) runPipeline(r int) (float64, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), phaseTimeout)
-	defer cancel()
-	runCtx, stop := context.WithCancel(context.Background())
-	defer stop()
-	ready := make(chan app.Addresses, 1)
-	exited := make(chan error, 1)
-	logger := b.opts.Logger
-	if logger == nil {
-		logger = slog.New(slog.DiscardHandler)
-	}
-	start := time.Now()
-	go func() {
-		exited <- app.Run(runCtx, b.cfg, logger, app.Roles{Pipeline: true}, func(a app.Addresses) { ready <- a })
 	}()
-	var metricsURL string
-	select {
-	case a := <-ready:
-		metricsURL = "http://" + a.Metrics + "/metrics"
-	case err := <-exited:
-		return 0, fmt.Errorf("pipeline did not start: %w", err)
+	// Every database is prepared as a deployed one would be: its indexes exist (the processes ensure
+	// them again at start-up, which finds them there).
+	if err := st.EnsureIndexes(ctx); err != nil {
+		return Run{}, fmt.Errorf("indexes of %s: %w", db, err)
+	}
+	want := sc.Records
+	var run Run
+	var err error
+	switch system {
+	case SystemPipeline:
+		run, err = m.runPipeline(ctx, s, sc, st)
+	case SystemCeiling:
+		run, err = m.runStorebench(ctx, "ceiling", "-mongo", s.mongo.addrs.MongoURI, "-db", db, "-records", strconv.Itoa(want),
+			"-seed", strconv.FormatUint(sc.Seed, 10), "-chunk", strconv.Itoa(m.opts.CeilingChunk),
+			"-tenants", strconv.Itoa(m.opts.Shape.Tenants), "-conversations", strconv.Itoa(m.opts.Shape.Conversations),
+			"-members", strconv.Itoa(m.opts.Shape.Members))
+	case SystemConsumer:
+		run, err = m.runStorebench(ctx, "consumer", "-brokers", s.kafka.addrs.Kafka, "-mongo", s.mongo.addrs.MongoURI, "-db", db,
+			"-records", strconv.Itoa(want), "-batch", strconv.Itoa(m.opts.ConsumerBatch), "-group", "bench-"+db)
+	case SystemInsertOne:
+		want = min(m.opts.InsertOneRecords, sc.Records)
+		run, err = m.runStorebench(ctx, "consumer", "-brokers", s.kafka.addrs.Kafka, "-mongo", s.mongo.addrs.MongoURI, "-db", db,
+			"-records", strconv.Itoa(want), "-batch", "1", "-poll", "1000", "-group", "bench-"+db)
+		if err == nil && run.Seconds > run.FirstStoredSeconds && want > 1 {
+			// Its rate runs from its first stored record: it is not charged its start nor the group
+			// join (the pipeline is), so the ratio errs in the baseline's favour.
+			run.PerSec = float64(want-1) / (run.Seconds - run.FirstStoredSeconds)
+		}
+	default:
+		return Run{}, fmt.Errorf("unknown system %q", system)
+	}
+	if err != nil {
+		return Run{}, err
+	}
+	if run.Records != want {
+		return Run{}, fmt.Errorf("reported %d records stored, want %d", run.Records, want)
+	}
+	if err := checkCount(ctx, st, int64(want)); err != nil {
+		return Run{}, err
+	}
+	return run, nil
+}
+
+// runPipeline runs the production pipeline binary over st's database until it has stored the backlog
+// (see the package comment).
+func (m *measurement) runPipeline(ctx context.Context, s *servers, sc Scenario, st *store.Store) (Run, error) {
+	if err := workload.New(sc.Seed, m.opts.Shape).Create(ctx, st); err != nil {
+		return Run{}, err
+	}
+	if err := store.NewDeadLetters(st.Database()).EnsureIndexes(ctx); err != nil {
+		return Run{}, fmt.Errorf("dead-letter indexes: %w", err)
+	}
+	// A cold start: no membership cached, no offset committed.
+	if err := m.redis.FlushAll(ctx).Err(); err != nil {
+		return Run{}, fmt.Errorf("flush redis: %w", err)
+	}
+	if err := deleteGroup(ctx, s.admin, kafka.GroupPipeline); err != nil {
+		return Run{}, err
 	}
 
-	want := float64(b.opts.Records)
-	var elapsed time.Duration
+	metricsAddr := testenv.FreeAddr(m.tb)
+	env := append(baseEnv(),
+		"KAFKA_BROKERS="+s.kafka.addrs.Kafka, "MONGO_URI="+s.mongo.addrs.MongoURI, "MONGO_DATABASE="+st.Database().Name(),
+		"REDIS_URL="+m.url, "KAFKA_SIGNING_KEYS="+testenv.SigningKeysSpec,
+		"HTTP_ADDR="+testenv.FreeAddr(m.tb), "METRICS_ADDR="+metricsAddr, "LOG_LEVEL=warn", "SHUTDOWN_DRAIN_DELAY=0s")
+	env = append(env, m.opts.PipelineEnv...)
+	p, err := startProc("pipeline", m.bins.Pipeline(), nil, env, nil)
+	if err != nil {
+		return Run{}, err
+	}
+	defer p.kill()
+
+	url := "http://" + metricsAddr + "/metrics"
+	want := float64(sc.Records)
+	run := Run{Records: sc.Records}
+	tick := time.NewTicker(scrapeEvery)
+	defer tick.Stop()
 	for {
-		stored, dead, err := pipelineCounts(ctx, metricsURL)
+		select {
+		case <-p.done:
+			return Run{}, fmt.Errorf("pipeline exited before storing the backlog: %v%s", p.err, p.output.suffix())
+		case <-ctx.Done():
+			return Run{}, fmt.Errorf("pipeline did not store %d records within %v%s", sc.Records, runTimeout, p.output.suffix())
+		case <-tick.C:
+		}
+		mfs, err := scrape.Fetch(ctx, url)
 		if err != nil {
-			return 0, err
+			continue // not listening yet
+		}
+		now := time.Since(p.started).Seconds()
+		stored := mfs.Sum("platform_pipeline_messages_total")
+		if dead := mfs.Sum("platform_pipeline_dead_letters_total"); dead > 0 {
+			return Run{}, fmt.Errorf("pipeline dead-lettered %.0f records; the workload should have none%s", dead, p.output.suffix())
+		}
+		if stored > 0 && run.FirstStoredSeconds == 0 {
+			run.FirstStoredSeconds = now
 		}
 		if stored >= want {
-			elapsed = time.Since(start)
+			run.Seconds = now
+			if run.CPUSeconds, err = p.cpuSeconds(); err != nil {
+				return Run{}, err
+			}
 			break
 		}
-		if dead > 0 {
-			return 0, fmt.Errorf("%.0f records dead-lettered; the workload should have none", dead)
-		}
-		select {
-		case err := <-exited:
-			return 0, fmt.Errorf("pipeline stopped after %.0f of %.0f records: %v", stored, want, err)
-		case <-ctx.Done():
-			return 0, fmt.Errorf("%.0f of %.0f records stored by the deadline", stored, want)
-		case <-time.After(10 * time.Millisecond):
-		}
 	}
-	stop()
-	if err := <-exited; err != nil {
-		return 0, fmt.Errorf("stop the pipeline: %w", err)
+	run.PerSec = want / run.Seconds
+	if err := p.stop(); err != nil {
+		return Run{}, err
 	}
-	checkStart := time.Now()
-	if err := checkCount(ctx, b.st, int64(r+1)*int64(b.opts.Records)); err != nil {
-		return 0, err
+	if out := strings.TrimSpace(p.output.String()); out != "" {
+		m.logf("ingest: the pipeline logged:\n%s", out)
 	}
-	b.tb.Logf("pipeline: %.0f records in %v; counted in %v", want, elapsed.Round(time.Millisecond), time.Since(checkStart).Round(time.Millisecond))
-	return want / elapsed.Seconds(), nil
+	return run, nil
 }
 
-// pipelineCounts reads the pipeline's counters from its /metrics: messages through every stage (stored or
-// duplicate), and dead letters.
-func pipelineCounts(ctx context.Context, url string) (stored, dead float64, err error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+// runStorebench runs `storebench mode args…`, timed from its exec (-since), and reads its report.
+func (m *measurement) runStorebench(ctx context.Context, mode string, args ...string) (Run, error) {
+	out := &lineWriter{first: make(chan string, 1)}
+	since := time.Now()
+	args = append([]string{mode, "-since", strconv.FormatInt(since.UnixNano(), 10), "-timeout", runTimeout.String()}, args...)
+	p, err := startProc("storebench "+mode, m.bins.Storebench(), args, baseEnv(), out)
 	if err != nil {
-		return 0, 0, err
+		return Run{}, err
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return 0, 0, fmt.Errorf("pipeline metrics: %w", err)
+	if err := p.wait(runTimeout + 30*time.Second); err != nil {
+		return Run{}, err
 	}
-	defer resp.Body.Close()
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	mfs, err := parser.TextToMetricFamilies(resp.Body)
-	if err != nil {
-		return 0, 0, fmt.Errorf("pipeline metrics: %w", err)
+	var rep workload.Report
+	line := out.lastLine()
+	if err := json.Unmarshal([]byte(line), &rep); err != nil {
+		return Run{}, fmt.Errorf("%s printed %q: %w", p.name, line, err)
 	}
-	for _, mf := range mfs {
-		var sum float64
-		for _, m := range mf.GetMetric() {
-			sum += m.GetCounter().GetValue()
-		}
-		switch mf.GetName() {
-		case "platform_pipeline_messages_total":
-			stored = sum
-		case "platform_pipeline_dead_letters_total":
-			dead = sum
-		}
+	if rep.Seconds <= 0 {
+		return Run{}, fmt.Errorf("%s reported %q", p.name, line)
 	}
-	return stored, dead, nil
+	return Run{Records: rep.Records, Seconds: rep.Seconds, PerSec: float64(rep.Records) / rep.Seconds,
+		CPUSeconds: rep.CPUSeconds, FirstStoredSeconds: rep.FirstStoredSeconds}, nil
 }
 
-// checkCount checks that st's messages collection holds want documents. With _id the message id (unique),
-// that is every record stored exactly once.
+// deleteGroup deletes a consumer group's committed offsets (the group must be empty: its last member
+// left when the previous pipeline stopped); a group that does not exist is fine.
+func deleteGroup(ctx context.Context, admin *kadm.Client, group string) error {
+	for {
+		_, err := admin.DeleteGroup(ctx, group)
+		switch {
+		case err == nil, errors.Is(err, kerr.GroupIDNotFound):
+			return nil
+		case errors.Is(err, kerr.NonEmptyGroup):
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("delete consumer group %s: still has members: %w", group, err)
+			case <-time.After(100 * time.Millisecond):
+			}
+		default:
+			return fmt.Errorf("delete consumer group %s: %w", group, err)
+		}
+	}
+}
+
+// checkCount checks that st's messages collection holds want documents. With _id the message id
+// (unique), that is every record stored exactly once.
 //
 // The count comes from collStats: FerretDB answers it from SQLite's page statistics (its table's leaf
 // cells, one per document), where a count command or CountDocuments decodes every document, which takes
-// seconds per 50,000 documents and would eat the time budget.
+// seconds per 50,000 documents.
 func checkCount(ctx context.Context, st *store.Store, want int64) error {
 	var stats struct {
 		Count int64 `bson:"count"`
 	}
 	err := st.Database().RunCommand(ctx, bson.D{{Key: "collStats", Value: store.MessagesCollection}}).Decode(&stats)
 	if err != nil {
-		return fmt.Errorf("count stored messages: %w", err)
+		return fmt.Errorf("count the messages stored in %s: %w", st.Database().Name(), err)
 	}
 	if stats.Count != want {
-		return fmt.Errorf("%d messages stored, want %d", stats.Count, want)
+		return fmt.Errorf("%d messages stored in %s, want %d", stats.Count, st.Database().Name(), want)
 	}
 	return nil
-}
-
-// runCeiling writes docs with one writer, unordered InsertMany of CeilingChunk documents at a time.
-func (b *bench) runCeiling(r int, docs []store.Message) (float64, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), phaseTimeout)
-	defer cancel()
-	start := time.Now()
-	for chunk := range slices.Chunk(docs, b.opts.CeilingChunk) {
-		n, dups, err := b.ceiling.Messages.InsertMany(ctx, chunk)
-		if err != nil {
-			return 0, err
-		}
-		if n != len(chunk) || dups != 0 {
-			return 0, fmt.Errorf("%d of %d inserted, %d duplicates", n, len(chunk), dups)
-		}
-	}
-	elapsed := time.Since(start)
-	if err := checkCount(ctx, b.ceiling, int64(r+1)*int64(len(docs))); err != nil {
-		return 0, err
-	}
-	return float64(len(docs)) / elapsed.Seconds(), nil
-}
-
-// runInsertOne is the naive baseline: a consumer group positioned at the round's start, storing each
-// record with its own insert command (a Messages.InsertMany of one message: on the wire the same
-// single-document insert as InsertOne) and committing what it polled, until InsertOneRecords are stored.
-func (b *bench) runInsertOne(r int, starts kadm.ListedOffsets) (float64, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), phaseTimeout)
-	defer cancel()
-	group := fmt.Sprintf("bench-insert-one-%d", r)
-	if err := b.admin.CommitAllOffsets(ctx, group, starts.Offsets()); err != nil {
-		return 0, fmt.Errorf("position the group: %w", err)
-	}
-	cl, err := kgo.NewClient(kgo.SeedBrokers(b.cfg.KafkaBrokers...), kgo.ConsumerGroup(group),
-		kgo.ConsumeTopics(kafka.TopicInbound), kgo.DisableAutoCommit())
-	if err != nil {
-		return 0, fmt.Errorf("consumer: %w", err)
-	}
-	defer cl.Close()
-	want := b.opts.InsertOneRecords
-	done := 0
-	// The clock starts at the first record, not before the group join: the baseline is not charged for
-	// it (the pipeline is), so the ratio errs in the baseline's favour.
-	var start time.Time
-	for done < want {
-		fetches := cl.PollRecords(ctx, 1000)
-		if err := ctx.Err(); err != nil {
-			return 0, fmt.Errorf("%d of %d stored: %w", done, want, err)
-		}
-		var handled []*kgo.Record
-		if start.IsZero() && fetches.NumRecords() > 0 {
-			start = time.Now()
-		}
-		for _, rec := range fetches.Records() {
-			if done == want {
-				break
-			}
-			in := &platformv1.InboundMessage{}
-			if err := proto.Unmarshal(rec.Value, in); err != nil {
-				return 0, fmt.Errorf("decode: %w", err)
-			}
-			if _, _, err := b.single.Messages.InsertMany(ctx, []store.Message{storedMessage(in)}); err != nil {
-				return 0, err
-			}
-			handled = append(handled, rec)
-			done++
-		}
-		if len(handled) > 0 {
-			if err := cl.CommitRecords(ctx, handled...); err != nil {
-				return 0, fmt.Errorf("commit: %w", err)
-			}
-		}
-	}
-	elapsed := time.Since(start)
-	if err := checkCount(ctx, b.single, int64(r+1)*int64(want)); err != nil {
-		return 0, err
-	}
-	return float64(want) / elapsed.Seconds(), nil
 }
