@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	platformv1 "github.com/msgplatform/platform/gen/platform/v1"
+	"github.com/msgplatform/platform/internal/convcache"
 	"github.com/msgplatform/platform/internal/protoconv"
 	"github.com/msgplatform/platform/internal/store"
 )
@@ -42,7 +43,7 @@ type Deps struct {
 	Members MembershipInvalidator
 	Events  EventPublisher
 	// Active caches SendMessage's check that the conversation is active (nil: read it every time).
-	Active *ActiveConversations
+	Active *convcache.Cache
 	Logger *slog.Logger
 	Now    func() time.Time // nil: time.Now
 }
@@ -355,10 +356,10 @@ func (s *Conversations) ListMembers(ctx context.Context, req *platformv1.ListMem
 
 // writableConversation refuses changes (membership, message edits) in archived conversations.
 func (d Deps) writableConversation(ctx context.Context, tenant, convID string) error {
-	switch err := checkActive(ctx, d.Store, tenant, convID); {
+	switch err := convcache.CheckActive(ctx, d.Store, tenant, convID); {
 	case err == nil:
 		return nil
-	case errors.Is(err, errArchived):
+	case errors.Is(err, convcache.ErrArchived):
 		return status.Error(codes.FailedPrecondition, "conversation is archived (read-only)")
 	default:
 		return storeError(ctx, d.Logger, "conversation", err)

@@ -15,6 +15,7 @@ import (
 	platformv1 "github.com/msgplatform/platform/gen/platform/v1"
 	"github.com/msgplatform/platform/internal/auth"
 	"github.com/msgplatform/platform/internal/authz"
+	"github.com/msgplatform/platform/internal/convcache"
 	"github.com/msgplatform/platform/internal/envelope"
 	"github.com/msgplatform/platform/internal/events"
 	"github.com/msgplatform/platform/internal/protoconv"
@@ -136,13 +137,13 @@ func (s *Messages) SendMessage(ctx context.Context, req *platformv1.SendMessageR
 }
 
 // activeConversation refuses a conversation that is missing in the tenant or archived, through the
-// ActiveConversations cache.
+// conversation cache.
 func (s *Messages) activeConversation(ctx context.Context, tenant, convID string) error {
 	err := s.Active.Check(ctx, s.Store, tenant, convID)
 	switch {
 	case err == nil:
 		return nil
-	case errors.Is(err, errArchived):
+	case errors.Is(err, convcache.ErrArchived):
 		return status.Error(codes.FailedPrecondition, "conversation is archived: it takes no new messages")
 	default:
 		return storeError(ctx, s.Logger, "conversation", err)

@@ -25,6 +25,7 @@ import (
 	"github.com/msgplatform/platform/internal/auth"
 	"github.com/msgplatform/platform/internal/authz"
 	"github.com/msgplatform/platform/internal/config"
+	"github.com/msgplatform/platform/internal/convcache"
 	"github.com/msgplatform/platform/internal/dlq"
 	"github.com/msgplatform/platform/internal/events"
 	"github.com/msgplatform/platform/internal/gateway"
@@ -221,7 +222,7 @@ func newGateway(ctx context.Context, c *core) (*gatewayParts, error) {
 		return nil, fmt.Errorf("stream hub: %w", err)
 	}
 	deps := api.Deps{Store: c.store, Members: c.members, Events: publisher, Logger: c.logger,
-		Active: api.NewActiveConversations(api.DefaultActiveTTL, 0)}
+		Active: convcache.New(convcache.DefaultTTL, 0)}
 	server, err := gateway.New(ctx, gateway.Options{
 		GRPCAddr: cfg.GRPCAddr, HTTPAddr: cfg.HTTPAddr, MetricsAddr: cfg.MetricsAddr, ShutdownTimeout: cfg.ShutdownTimeout,
 		Logger: c.logger, Registry: c.reg, Checker: c.checker, Verifier: verifier, Authorizer: c.authorizer,
@@ -286,7 +287,8 @@ func newPipeline(c *core) (p *pipelineParts, err error) {
 		WriteConcern: wc, RetryMax: pc.RetryMax, StageTimeout: pc.StageTimeout, TransientRetryTimeout: pc.TransientRetryTimeout,
 		DrainTimeout: cfg.ShutdownTimeout, SessionTimeout: cfg.KafkaSessionTimeout,
 	}, pipeline.Deps{
-		Kafka: c.clients.kafka, Keys: cfg.KafkaSigningKeys, Store: c.store, Authorizer: c.authorizer, Writer: p.writer,
+		Kafka: c.clients.kafka, Keys: cfg.KafkaSigningKeys, Store: c.store, Active: convcache.New(convcache.DefaultTTL, 0),
+		Authorizer: c.authorizer, Members: c.members, Writer: p.writer,
 		Events: publisher, Producer: producer,
 		DeadLetters: dlq.NewDirectWriter(c.deadLetters, cfg.KafkaSigningKeys, dcfg.Policy, c.dlqMetrics, c.logger),
 		Registry:    c.reg, Logger: c.logger,

@@ -15,6 +15,7 @@ import (
 
 	"github.com/msgplatform/platform/internal/observability"
 	"github.com/msgplatform/platform/internal/store"
+	"github.com/msgplatform/platform/internal/ttlcache"
 )
 
 // Membership is what the cache knows of one (tenant, conversation, user).
@@ -226,6 +227,53 @@ func (c *MembershipCache) lookupAt(ctx context.Context, now time.Time, dir Direc
 		c.remember(k, m, gen, start)
 	}
 	return m, nil
+}
+
+// Noted is what Note returns: the in-process cache's generations before a read whose answers go to Prime.
+type Noted struct{ gens *ttlcache.Generations }
+
+// Note is taken before reading the memberships handed to Prime, so an invalidation in between fences
+// them out of the in-process cache.
+func (c *MembershipCache) Note() Noted {
+	if c.l1 == nil {
+		return Noted{}
+	}
+	return Noted{c.l1.entries.Note()}
+}
+
+// Member is one membership read from the store, for Prime.
+type Member struct {
+	ConversationID, UserID string
+	Role                   store.Role
+}
+
+// Prime stores memberships the caller read from the store in one query (every member of some
+// conversations of tenantID), as lookups missing on each would have: in Redis with SET NX (an
+// invalidation guard or a newer entry wins), in the in-process cache only what Redis then holds and no
+// invalidation fenced since n was noted. The next batches then find members they have not met yet
+// without a store read each (on FerretDB, a scan of the memberships collection each). It is an
+// optimisation: a failure is counted (set errors) and otherwise ignored.
+func (c *MembershipCache) Prime(ctx context.Context, n Noted, tenantID string, members []Member) {
+	if len(members) == 0 {
+		return
+	}
+	pipe := c.rdb.Pipeline()
+	cmds := make([]*redis.BoolCmd, len(members))
+	for i, m := range members {
+		cmds[i] = pipe.SetNX(ctx, Key(tenantID, m.ConversationID, m.UserID), encode(Membership{ConversationExists: true, Role: m.Role}), c.cfg.PositiveTTL)
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		c.errSet.Inc()
+	}
+	if c.l1 == nil || n.gens == nil {
+		return
+	}
+	now := time.Now()
+	for i, m := range members {
+		if set, err := cmds[i].Result(); err == nil && set && m.Role != "" {
+			c.l1.putNoted(memberKey{tenantID, m.ConversationID, m.UserID}, Membership{ConversationExists: true, Role: m.Role}, n.gens, c.cfg.PositiveTTL, now)
+		}
+	}
 }
 
 func (c *MembershipCache) ttl(m Membership) time.Duration {

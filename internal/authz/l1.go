@@ -47,6 +47,14 @@ func (c *l1) put(k memberKey, m Membership, gen uint64, ttl time.Duration, now t
 	c.entries.Put(k, m, now.Add(min(ttl, c.ttl)), gen, now)
 }
 
+// putNoted is put for answers read after Note: k is fenced by its shard's generation in g.
+func (c *l1) putNoted(k memberKey, m Membership, g *ttlcache.Generations, ttl time.Duration, now time.Time) {
+	if !c.active.Load() {
+		return
+	}
+	c.entries.PutNoted(k, m, now.Add(min(ttl, c.ttl)), g, now)
+}
+
 // invalidate drops k and fences lookups in flight.
 func (c *l1) invalidate(k memberKey) { c.entries.Delete(k) }
 

@@ -333,3 +333,60 @@ func TestL1WithEmbeddedRedis(t *testing.T) {
 		return counterValue(t, h.reg, "platform_membership_cache_invalidations_received_total") > received
 	})
 }
+
+// Prime stores what one read of the store found as lookups would: later lookups of those members read
+// neither MongoDB nor (from the in-process cache) Redis; an invalidation guard in Redis wins over it; and
+// an invalidation between Note and Prime keeps the primed answer out of the in-process cache.
+func TestPrime(t *testing.T) {
+	h := newHarnessWith(t, longL1, "")
+	runCache(t, h.cache)
+	ctx := context.Background()
+	lookup := func(user string) authz.Membership {
+		t.Helper()
+		m, err := h.cache.Lookup(ctx, tenant, conv, user)
+		if err != nil {
+			t.Fatalf("Lookup(%s): %v", user, err)
+		}
+		return m
+	}
+	member := func(role store.Role) authz.Membership { return authz.Membership{ConversationExists: true, Role: role} }
+
+	// "zoe" is no member in MongoDB: whatever answers her as an admin comes from the primed cache.
+	n := h.cache.Note()
+	h.cache.Prime(ctx, n, tenant, []authz.Member{{ConversationID: conv, UserID: "zoe", Role: store.RoleAdmin}})
+	misses, l1Hits := lookups(t, h.reg, "miss"), lookups(t, h.reg, "local_hit")
+	if got := lookup("zoe"); got != member(store.RoleAdmin) {
+		t.Fatalf("primed member = %+v", got)
+	}
+	if lookups(t, h.reg, "miss") != misses || lookups(t, h.reg, "local_hit") != l1Hits+1 {
+		t.Errorf("a primed member was not answered from the in-process cache")
+	}
+
+	// An invalidation guard stands in Redis: priming must not overwrite it.
+	if err := h.cache.Invalidate(ctx, tenant, conv, "nina"); err != nil {
+		t.Fatal(err)
+	}
+	h.cache.Prime(ctx, h.cache.Note(), tenant, []authz.Member{{ConversationID: conv, UserID: "nina", Role: store.RoleOwner}})
+	if got := lookup("nina"); got != member("") {
+		t.Errorf("primed over an invalidation guard: nina = %+v, want MongoDB's answer (not a member)", got)
+	}
+
+	// Noted before an invalidation of mia, primed after it (and after the guard expired): Redis may hold
+	// the answer (SET NX, as a lookup would), the in-process cache not.
+	n = h.cache.Note()
+	if err := h.cache.Invalidate(ctx, tenant, conv, "mia"); err != nil {
+		t.Fatal(err)
+	}
+	opts, _ := redis.ParseURL(h.redisSrv.URL())
+	rdb := redis.NewClient(opts)
+	defer rdb.Close()
+	if err := rdb.Del(ctx, authz.Key(tenant, conv, "mia")).Err(); err != nil { // the guard expired
+		t.Fatal(err)
+	}
+	h.cache.Prime(ctx, n, tenant, []authz.Member{{ConversationID: conv, UserID: "mia", Role: store.RoleOwner}})
+	l1Hits = lookups(t, h.reg, "local_hit")
+	lookup("mia")
+	if lookups(t, h.reg, "local_hit") != l1Hits {
+		t.Error("an answer noted before an invalidation reached the in-process cache")
+	}
+}

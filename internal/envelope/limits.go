@@ -42,12 +42,24 @@ func CheckID(v string) error {
 		return fmt.Errorf("%w: must not be empty", ErrInvalidID)
 	case len(v) > MaxIDBytes:
 		return fmt.Errorf("%w: at most %d bytes (got %d)", ErrInvalidID, MaxIDBytes, len(v))
+	case printableASCII(v):
+		return nil // the usual id, checked without decoding runes
 	case !utf8.ValidString(v):
 		return fmt.Errorf("%w: must be UTF-8", ErrInvalidID)
 	case strings.IndexFunc(v, invisible) >= 0:
 		return fmt.Errorf("%w: must be printable (no control or invisible characters)", ErrInvalidID)
 	}
 	return nil
+}
+
+// printableASCII reports whether v is only printable ASCII (space to tilde).
+func printableASCII(v string) bool {
+	for i := 0; i < len(v); i++ {
+		if v[i] < 0x20 || v[i] > 0x7e {
+			return false
+		}
+	}
+	return true
 }
 
 // invisible reports a character that is not printable, or prints as nothing: the Unicode

@@ -13,6 +13,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/msgplatform/platform/internal/convcache"
 	"github.com/msgplatform/platform/internal/kafka"
 	"github.com/msgplatform/platform/internal/observability"
 	"github.com/msgplatform/platform/internal/store"
@@ -26,8 +27,14 @@ type Deps struct {
 	Keys Verifier
 	// Store is read for the batch's conversations and memberships (tenant, authorize).
 	Store *store.Store
+	// Active remembers conversations seen active (tenant), so they are not read again for every poll;
+	// nil reads them every time.
+	Active *convcache.Cache
 	// Authorizer decides whether a sender may send (authorize): *authz.Authorizer.
 	Authorizer Authorizer
+	// Members is primed with the memberships the batches read (*authz.MembershipCache, the one behind
+	// Authorizer); nil primes nothing.
+	Members MemberPrimer
 	// Writer stores the messages (persist): *store.BulkWriter.
 	Writer Writer
 	// Events publishes the persisted events (notify): *events.Publisher.
@@ -53,7 +60,7 @@ func stages(d Deps) ([]Stage, error) {
 		authenticateStage{keys: d.Keys},
 		deserializeStage{},
 		validateStage{},
-		tenantStage{convs: convs},
+		tenantStage{convs: convs, active: d.Active},
 		authorizeStage{authz: d.Authorizer},
 		transformStage{},
 		persistStage{w: d.Writer},
@@ -77,6 +84,7 @@ type Pipeline struct {
 	commits       *prometheus.CounterVec
 	closeOnce     sync.Once
 	store         *store.Store
+	members       MemberPrimer
 	tracker       *tracker
 
 	// The stages by phase of the pipelined loop: up to persist, persist, and from notify on.
@@ -118,7 +126,7 @@ func New(cfg Config, d Deps) (*Pipeline, error) {
 		return nil, err
 	}
 	p := &Pipeline{
-		cfg: cfg, runner: r, dlq: dlq, logger: logger, store: d.Store, tracker: newTracker(),
+		cfg: cfg, runner: r, dlq: dlq, logger: logger, store: d.Store, members: d.Members, tracker: newTracker(),
 		prepareStages: st[:persistAt], persistStages: st[persistAt:notifyAt], finishStages: st[notifyAt:],
 		batchRecords: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: observability.Namespace, Subsystem: "pipeline", Name: "batch_records",
@@ -238,8 +246,12 @@ func (p *Pipeline) Run(ctx context.Context) error {
 // pollAndPrepare polls until ctx ends (or a poll had to be abandoned), runs each poll's stages up to
 // persist and hands it on.
 func (p *Pipeline) pollAndPrepare(ctx context.Context, prepared chan<- *poll) {
+	// Slow start: after a start or an idle moment the first polls are small, so the first write begins
+	// after a few hundred records are prepared rather than thousands; each poll with records doubles the
+	// size, up to MaxPollRecords.
+	size := min(firstPollRecords, p.cfg.MaxPollRecords)
 	for ctx.Err() == nil && p.tracker.err() == nil {
-		fetches := p.client.PollRecords(ctx, p.cfg.MaxPollRecords)
+		fetches := p.client.PollRecords(ctx, size)
 		if fetches.IsClientClosed() {
 			return
 		}
@@ -252,6 +264,7 @@ func (p *Pipeline) pollAndPrepare(ctx context.Context, prepared chan<- *poll) {
 			p.logger.ErrorContext(ctx, "fetch error", "topic", topic, "partition", partition, "error", err)
 		})
 		if fetches.NumRecords() == 0 {
+			size = min(firstPollRecords, p.cfg.MaxPollRecords)
 			if fetchErrs > 0 && ctx.Err() == nil { // do not spin on a persistent fetch error
 				select {
 				case <-ctx.Done():
@@ -260,11 +273,15 @@ func (p *Pipeline) pollAndPrepare(ctx context.Context, prepared chan<- *poll) {
 			}
 			continue
 		}
+		size = min(2*size, p.cfg.MaxPollRecords)
 		pl := p.newPoll(ctx, fetches)
 		p.runPhase(pl, p.prepareStages)
 		prepared <- pl
 	}
 }
+
+// firstPollRecords is the size of the first poll after a start or an idle moment (see pollAndPrepare).
+const firstPollRecords = 250
 
 // poll is one PollRecords' records on their way: a batch per partition, in offset order.
 type poll struct {
@@ -298,7 +315,7 @@ func (p *Pipeline) newPoll(ctx context.Context, fetches kgo.Fetches) *poll {
 	})
 	pl.errs = make([]error, len(pl.parts))
 	if p.store != nil {
-		reads := NewReads(p.store, keys) // one set of reads for the poll's partitions
+		reads := NewReads(p.store, keys, p.members) // one set of reads for the poll's partitions
 		for _, b := range pl.parts {
 			b.Reads = reads
 		}

@@ -11,10 +11,11 @@ import (
 // Reads reads, once per polled batch and for all its partitions, what the tenant and authorize
 // stages would otherwise read per partition, tenant, conversation or sender: the batch's conversations
 // (one query on _id, for the record keys, which are conversation ids) and, on the membership cache's
-// first miss for a tenant, that tenant's memberships of those conversations (one query per tenant).
+// first miss, the memberships of all those conversations (one query, a tenant-scoped clause per tenant).
 // On MongoDB that saves round trips; on FerretDB, where every query but {_id: value} scans and decodes
 // the whole collection, it is most of the pipeline's share of the store's time. Answers are as fresh
-// as the per-partition reads were: taken while the batch is processed, never reused by the next one.
+// as the per-partition reads were: taken while the batch is processed, never reused by the next one
+// (what the membership cache is primed with is, like any cache entry, dropped by an invalidation).
 //
 // A failed read is not retried here: the stages then read for themselves, as without Reads (and fail
 // transiently if the store is down).
@@ -23,26 +24,30 @@ import (
 // on a membership-cache miss the decision reads from the batch instead of MongoDB, and falls back to the
 // store (authz.StoreDirectory) for what the batch did not read.
 type Reads struct {
-	st  *store.Store
-	ids []string // the batch's record keys, each once
+	st     *store.Store
+	ids    []string     // the batch's record keys, each once
+	primer MemberPrimer // nil: nothing primed
 
 	convOnce sync.Once
 	convs    map[string]store.Conversation // by id, any tenant; nil if the read failed
 	asked    map[string]bool               // ids read
 
-	mu      sync.Mutex
-	members map[string]*tenantMembers // by tenant
+	membersOnce sync.Once
+	roles       map[[3]string]store.Role // (tenant, conversation id, user id) → role; nil if the read failed
 }
 
-type tenantMembers struct {
-	once  sync.Once
-	ok    bool
-	roles map[[2]string]store.Role // (conversation id, user id) → role
+// MemberPrimer is the membership cache (*authz.MembershipCache): the memberships a batch reads are
+// handed to it, so the next batches find the members they have not met yet without a read each. Until
+// the cache is warm, polls meet new senders; without priming each such poll would read again.
+type MemberPrimer interface {
+	Note() authz.Noted
+	Prime(ctx context.Context, n authz.Noted, tenantID string, members []authz.Member)
 }
 
-// NewReads returns the reads of a batch whose record keys (conversation ids) are keys, each once.
-func NewReads(st *store.Store, keys []string) *Reads {
-	return &Reads{st: st, ids: keys, members: map[string]*tenantMembers{}}
+// NewReads returns the reads of a batch whose record keys (conversation ids) are keys, each once; the
+// memberships it reads go to primer (nil: nowhere).
+func NewReads(st *store.Store, keys []string, primer MemberPrimer) *Reads {
+	return &Reads{st: st, ids: keys, primer: primer}
 }
 
 // conversation answers whether conversation id exists in tenant, and returns it; known is false when the
@@ -78,34 +83,41 @@ func (r *Reads) membership(ctx context.Context, tenantID, conversationID, userID
 	if !exists {
 		return authz.Membership{}, true
 	}
-	r.mu.Lock()
-	t, ok := r.members[tenantID]
-	if !ok {
-		t = &tenantMembers{}
-		r.members[tenantID] = t
-	}
-	r.mu.Unlock()
-	t.once.Do(func() {
-		var ids []string
-		for id, c := range r.convs {
-			if c.TenantID == tenantID {
-				ids = append(ids, id)
-			}
-		}
-		members, err := r.st.Members.OfConversations(ctx, tenantID, ids)
-		if err != nil {
-			return
-		}
-		t.roles = make(map[[2]string]store.Role, len(members))
-		for _, m := range members {
-			t.roles[[2]string{m.ConversationID, m.UserID}] = m.Role
-		}
-		t.ok = true
-	})
-	if !t.ok {
+	r.membersOnce.Do(func() { r.readMembers(ctx) })
+	if r.roles == nil {
 		return authz.Membership{}, false
 	}
-	return authz.Membership{ConversationExists: true, Role: t.roles[[2]string{conversationID, userID}]}, true
+	return authz.Membership{ConversationExists: true, Role: r.roles[[3]string{tenantID, conversationID, userID}]}, true
+}
+
+// readMembers reads the memberships of the batch's conversations, each in its own tenant, and primes the
+// membership cache with them.
+func (r *Reads) readMembers(ctx context.Context) {
+	byTenant := map[string][]string{}
+	for id, c := range r.convs {
+		byTenant[c.TenantID] = append(byTenant[c.TenantID], id)
+	}
+	var noted authz.Noted
+	if r.primer != nil {
+		noted = r.primer.Note()
+	}
+	members, err := r.st.Members.OfTenantsConversations(ctx, byTenant)
+	if err != nil {
+		return
+	}
+	r.roles = make(map[[3]string]store.Role, len(members))
+	primed := map[string][]authz.Member{}
+	for _, m := range members {
+		r.roles[[3]string{m.TenantID, m.ConversationID, m.UserID}] = m.Role
+		if m.Role != "" {
+			primed[m.TenantID] = append(primed[m.TenantID], authz.Member{ConversationID: m.ConversationID, UserID: m.UserID, Role: m.Role})
+		}
+	}
+	if r.primer != nil {
+		for tenant, ms := range primed {
+			r.primer.Prime(ctx, noted, tenant, ms)
+		}
+	}
 }
 
 // Membership implements authz.Directory: from the batch's reads when they cover the question, else from

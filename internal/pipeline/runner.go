@@ -131,9 +131,10 @@ func (r *runner) runStage(ctx context.Context, st Stage, b *Batch) error {
 
 		now := r.now()
 		var retry []*Item
+		passed := 0
 		for _, it := range live {
 			if !it.Failed() {
-				r.processed.WithLabelValues(name).Inc()
+				passed++
 				continue
 			}
 			it.stage = name
@@ -150,6 +151,7 @@ func (r *runner) runStage(ctx context.Context, st Stage, b *Batch) error {
 			}
 			retry = append(retry, it)
 		}
+		r.processed.WithLabelValues(name).Add(float64(passed)) // once per attempt: not a label lookup per record
 		if len(retry) == 0 {
 			return nil
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/msgplatform/platform/internal/convcache"
 	"github.com/msgplatform/platform/internal/store"
 )
 
@@ -18,7 +19,10 @@ type Conversations interface {
 // (Batch.Reads: one query for the whole polled batch) when it can, else with one query per tenant for
 // the partition's conversations: a look-up per conversation would cost a round trip each (and, on
 // FerretDB, a scan of the collection each).
-type tenantStage struct{ convs Conversations }
+type tenantStage struct {
+	convs  Conversations
+	active *convcache.Cache // conversations seen active lately (nil: read every time)
+}
 
 func (tenantStage) Name() string { return StageTenant }
 
@@ -31,11 +35,18 @@ func (s tenantStage) Process(ctx context.Context, b *Batch) {
 	}
 	answers := map[[2]string]answer{} // (tenant, conversation) → answer
 	ids := map[string][]string{}      // tenant → conversation ids the batch reads did not cover
+	gens := map[[2]string]uint64{}
 	for _, it := range batch {
 		k := [2]string{it.Inbound.GetTenantId(), it.Inbound.GetConversationId()}
 		if _, ok := answers[k]; ok {
 			continue
 		}
+		known, gen := s.active.Active(k[0], k[1])
+		if known {
+			answers[k] = answer{exists: true, conv: store.Conversation{ID: k[1], TenantID: k[0], State: store.ConversationActive}}
+			continue
+		}
+		gens[k] = gen
 		if reads != nil {
 			if c, exists, known := reads.conversation(ctx, k[0], k[1]); known {
 				answers[k] = answer{conv: c, exists: exists}
@@ -50,6 +61,11 @@ func (s tenantStage) Process(ctx context.Context, b *Batch) {
 		for _, id := range convs {
 			c, ok := cs[id]
 			answers[[2]string{tenant, id}] = answer{conv: c, exists: ok, err: err}
+		}
+	}
+	for k, a := range answers {
+		if gen, read := gens[k]; read && a.err == nil && a.exists && a.conv.State != store.ConversationArchived {
+			s.active.Remember(k[0], k[1], gen)
 		}
 	}
 	for _, it := range batch {

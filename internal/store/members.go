@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -309,14 +311,30 @@ func (r *Members) List(ctx context.Context, tenantID, conversationID string, pag
 	return out, next, nil
 }
 
-// OfConversations returns every membership of the tenant's conversations among conversationIDs, with one
-// query (served by the tenant_id, conversation_id, user_id index). The pipeline reads a batch's
-// memberships with it, where a Get per sender would cost a round trip each.
-func (r *Members) OfConversations(ctx context.Context, tenantID string, conversationIDs []string) ([]Member, error) {
-	if len(conversationIDs) == 0 {
-		return nil, nil
+// OfTenantsConversations returns every membership of the conversations of byTenant (tenant → its
+// conversation ids), with one query: an $or of one tenant-scoped clause per tenant, each served by the
+// tenant_id, conversation_id, user_id index. The pipeline reads a batch's memberships with it, where a
+// query per tenant would cost a round trip each (and on FerretDB a scan of the collection each).
+func (r *Members) OfTenantsConversations(ctx context.Context, byTenant map[string][]string) ([]Member, error) {
+	clauses := bson.A{}
+	n := 0
+	for _, tenantID := range slices.Sorted(maps.Keys(byTenant)) {
+		ids := byTenant[tenantID]
+		if len(ids) == 0 {
+			continue
+		}
+		n += len(ids)
+		clauses = append(clauses, bson.D{{Key: "tenant_id", Value: tenantID}, {Key: "conversation_id", Value: bson.D{{Key: "$in", Value: ids}}}})
 	}
-	filter := bson.D{{Key: "tenant_id", Value: tenantID}, {Key: "conversation_id", Value: bson.D{{Key: "$in", Value: conversationIDs}}}}
+	var filter bson.D
+	switch len(clauses) {
+	case 0:
+		return nil, nil
+	case 1:
+		filter = clauses[0].(bson.D)
+	default:
+		filter = bson.D{{Key: "$or", Value: clauses}}
+	}
 	var docs []memberDoc
 	if err := r.core.guard.Read(ctx, func(ctx context.Context) error {
 		docs = nil
@@ -326,7 +344,7 @@ func (r *Members) OfConversations(ctx context.Context, tenantID string, conversa
 		}
 		return cur.All(ctx, &docs)
 	}); err != nil {
-		return nil, fmt.Errorf("members of %d conversations of tenant %s: %w", len(conversationIDs), tenantID, err)
+		return nil, fmt.Errorf("members of %d conversations of %d tenants: %w", n, len(clauses), err)
 	}
 	out := make([]Member, len(docs))
 	for i, d := range docs {

@@ -142,3 +142,41 @@ func TestMembersListPages(t *testing.T) {
 		t.Fatalf("default page: %d members, next %q, %v", len(all), next, err)
 	}
 }
+
+// OfTenantsConversations reads each tenant's memberships of its own conversations only: a conversation
+// id listed under another tenant finds nothing, whatever its members.
+func TestMembersOfTenantsConversations(t *testing.T) {
+	s, _ := newTestStore(t)
+	ctx := testCtx(t)
+	a := mustCreate(t, s, "t1", "alice")
+	b := mustCreate(t, s, "t2", "bea")
+	if _, err := s.Members.Put(ctx, Member{TenantID: "t1", ConversationID: a.ID, UserID: "bob", AddedBy: "alice"}); err != nil {
+		t.Fatal(err)
+	}
+	names := func(ms []Member) []string {
+		var out []string
+		for _, m := range ms {
+			out = append(out, m.TenantID+"/"+m.UserID+"/"+string(m.Role))
+		}
+		slices.Sort(out)
+		return out
+	}
+	for _, tc := range []struct {
+		name     string
+		byTenant map[string][]string
+		want     []string
+	}{
+		{"nothing asked", map[string][]string{"t1": nil}, nil},
+		{"one tenant", map[string][]string{"t1": {a.ID}}, []string{"t1/alice/owner", "t1/bob/member"}},
+		{"two tenants", map[string][]string{"t1": {a.ID}, "t2": {b.ID}}, []string{"t1/alice/owner", "t1/bob/member", "t2/bea/owner"}},
+		{"ids under the wrong tenant", map[string][]string{"t1": {b.ID}, "t2": {a.ID}}, nil},
+	} {
+		got, err := s.Members.OfTenantsConversations(ctx, tc.byTenant)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if !slices.Equal(names(got), tc.want) {
+			t.Errorf("%s: %v, want %v", tc.name, names(got), tc.want)
+		}
+	}
+}

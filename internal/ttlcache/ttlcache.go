@@ -41,9 +41,9 @@ func New[K comparable, V any](size int) *Cache[K, V] {
 	return c
 }
 
-func (c *Cache[K, V]) shard(k K) *shard[K, V] {
-	return &c.shards[maphash.Comparable(c.seed, k)%Shards]
-}
+func (c *Cache[K, V]) shard(k K) *shard[K, V] { return &c.shards[c.index(k)] }
+
+func (c *Cache[K, V]) index(k K) uint64 { return maphash.Comparable(c.seed, k) % Shards }
 
 // Get returns k's value while now is before its deadline.
 func (c *Cache[K, V]) Get(k K, now time.Time) (V, bool) {
@@ -64,6 +64,27 @@ func (c *Cache[K, V]) Generation(k K) uint64 {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	return s.gen
+}
+
+// Generations is every shard's generation, noted (Note) before a read whose keys are not known until it
+// returns (all the members of some conversations, say); PutNoted then fences each key by its shard's.
+type Generations [Shards]uint64
+
+// Note returns every shard's generation.
+func (c *Cache[K, V]) Note() *Generations {
+	var g Generations
+	for i := range c.shards {
+		s := &c.shards[i]
+		s.mu.RLock()
+		g[i] = s.gen
+		s.mu.RUnlock()
+	}
+	return &g
+}
+
+// PutNoted is Put with k's generation taken from g (Note).
+func (c *Cache[K, V]) PutNoted(k K, v V, until time.Time, g *Generations, now time.Time) bool {
+	return c.put(k, v, until, now, true, g[c.index(k)])
 }
 
 // Put stores v for k until until, unless k's shard saw a Delete or Clear since gen was noted (then it

@@ -39,18 +39,33 @@ func TestCache(t *testing.T) {
 			}
 		}, true},
 	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			c.Delete("k")
+	puts := []struct {
+		name string
+		note func() func() bool // notes the generation(s), returns the Put
+	}{
+		{"Put", func() func() bool {
 			gen := c.Generation("k")
-			tc.between()
-			if got := c.Put("k", 7, now.Add(time.Second), gen, now); got != tc.stored {
-				t.Errorf("Put = %v, want %v", got, tc.stored)
-			}
-			if _, ok := c.Get("k", now); ok != tc.stored {
-				t.Errorf("Get after Put: found = %v, want %v", ok, tc.stored)
-			}
-		})
+			return func() bool { return c.Put("k", 7, now.Add(time.Second), gen, now) }
+		}},
+		{"PutNoted", func() func() bool {
+			g := c.Note()
+			return func() bool { return c.PutNoted("k", 7, now.Add(time.Second), g, now) }
+		}},
+	}
+	for _, put := range puts {
+		for _, tc := range tests {
+			t.Run(put.name+"/"+tc.name, func(t *testing.T) {
+				c.Delete("k")
+				store := put.note()
+				tc.between()
+				if got := store(); got != tc.stored {
+					t.Errorf("%s = %v, want %v", put.name, got, tc.stored)
+				}
+				if _, ok := c.Get("k", now); ok != tc.stored {
+					t.Errorf("Get after %s: found = %v, want %v", put.name, ok, tc.stored)
+				}
+			})
+		}
 	}
 
 	c.Set("x", 1, now.Add(time.Second), now)

@@ -1,4 +1,4 @@
-package api
+package convcache
 
 import (
 	"context"
@@ -10,9 +10,9 @@ import (
 	"github.com/msgplatform/platform/internal/testenv"
 )
 
-// TestActiveConversations: an active conversation is read once per TTL; archived and missing ones are read
+// TestCache: an active conversation is read once per TTL; archived and missing ones are read
 // every time and answer as the store does; Forget makes the next check read again.
-func TestActiveConversations(t *testing.T) {
+func TestCache(t *testing.T) {
 	ctx := context.Background()
 	uri := testenv.SharedMongo(t)
 	client, err := store.Connect(ctx, uri)
@@ -29,7 +29,7 @@ func TestActiveConversations(t *testing.T) {
 		t.Fatal(err)
 	}
 	now := time.Unix(1000, 0)
-	a := NewActiveConversations(time.Second, 0)
+	a := New(time.Second, 0)
 	a.now = func() time.Time { return now }
 
 	if err := a.Check(ctx, st, "t1", c.ID); err != nil {
@@ -43,8 +43,8 @@ func TestActiveConversations(t *testing.T) {
 		t.Errorf("within the TTL: %v, want the remembered active state", err)
 	}
 	now = now.Add(time.Second)
-	if err := a.Check(ctx, st, "t1", c.ID); !errors.Is(err, errArchived) {
-		t.Errorf("after the TTL: %v, want errArchived", err)
+	if err := a.Check(ctx, st, "t1", c.ID); !errors.Is(err, ErrArchived) {
+		t.Errorf("after the TTL: %v, want ErrArchived", err)
 	}
 	if err := a.Check(ctx, st, "t2", c.ID); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("other tenant: %v, want store.ErrNotFound", err)
@@ -62,7 +62,7 @@ func TestActiveConversations(t *testing.T) {
 		t.Fatal(err)
 	}
 	a.Forget("t1", d.ID)
-	if err := a.Check(ctx, st, "t1", d.ID); !errors.Is(err, errArchived) {
-		t.Errorf("after Forget: %v, want errArchived", err)
+	if err := a.Check(ctx, st, "t1", d.ID); !errors.Is(err, ErrArchived) {
+		t.Errorf("after Forget: %v, want ErrArchived", err)
 	}
 }
