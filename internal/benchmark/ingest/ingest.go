@@ -31,6 +31,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -85,8 +86,11 @@ const (
 const (
 	// runTimeout bounds one measured run, so a stuck process fails the measurement instead of hanging.
 	runTimeout = 3 * time.Minute
-	// scrapeEvery is how often the pipeline's /metrics is read while it drains.
-	scrapeEvery = 50 * time.Millisecond
+	// The pipeline's /metrics is read every scrapeFirst until its first write (to time it closely), then
+	// every scrapeEvery while it drains: each scrape costs the measured process CPU (writing the page),
+	// so not more often than the time resolution needs (about 1% of a 10-second drain).
+	scrapeFirst = 20 * time.Millisecond
+	scrapeEvery = 100 * time.Millisecond
 	// settle is the pause before every run, for the previous process's exit and the store's writes to
 	// finish.
 	settle = time.Second
@@ -174,6 +178,10 @@ type Run struct {
 	CPUSeconds float64
 	// FirstStoredSeconds is when its first record was stored, from the same start as Seconds.
 	FirstStoredSeconds float64
+	// KafkaCPUSeconds and MongoCPUSeconds are what the kfake and FerretDB processes spent meanwhile (from
+	// the run's start to its end, the stop included): on a machine with few cores, the store's share of
+	// the CPU is what its writers leave it.
+	KafkaCPUSeconds, MongoCPUSeconds float64
 }
 
 // CPUPer10k is the process's CPU seconds per 10,000 records.
@@ -384,8 +392,9 @@ func (m *measurement) scenario(sc Scenario) (res ScenarioResult, err error) {
 				return res, fmt.Errorf("round %d: %s: %w", r+1, system, err)
 			}
 			round.Runs[system] = run
-			m.logf("ingest %s round %d: %-10s %6d records in %6.2fs = %6.0f/s, CPU %5.2fs (%.2f s/10k), first stored %4.0f ms",
-				sc.Name, r+1, system, run.Records, run.Seconds, run.PerSec, run.CPUSeconds, run.CPUPer10k(), run.FirstStoredSeconds*1000)
+			m.logf("ingest %s round %d: %-10s %6d records in %6.2fs = %6.0f/s, CPU %5.2fs (%.2f s/10k), first stored %4.0f ms; kfake CPU %.2fs, FerretDB CPU %.2fs",
+				sc.Name, r+1, system, run.Records, run.Seconds, run.PerSec, run.CPUSeconds, run.CPUPer10k(), run.FirstStoredSeconds*1000,
+				run.KafkaCPUSeconds, run.MongoCPUSeconds)
 		}
 		round.Pipeline, round.Ceiling = round.Runs[SystemPipeline].PerSec, round.Runs[SystemCeiling].PerSec
 		round.Consumer, round.InsertOne = round.Runs[SystemConsumer].PerSec, round.Runs[SystemInsertOne].PerSec
@@ -458,6 +467,8 @@ func (m *measurement) run(s *servers, sc Scenario, system string, round int) (Ru
 	want := sc.Records
 	var run Run
 	var err error
+	kafkaCPU, _ := s.kafka.cpuSeconds()
+	mongoCPU, _ := s.mongo.cpuSeconds()
 	switch system {
 	case SystemPipeline:
 		run, err = m.runPipeline(ctx, s, sc, st)
@@ -483,6 +494,12 @@ func (m *measurement) run(s *servers, sc Scenario, system string, round int) (Ru
 	}
 	if err != nil {
 		return Run{}, err
+	}
+	if k, err := s.kafka.cpuSeconds(); err == nil {
+		run.KafkaCPUSeconds = k - kafkaCPU
+	}
+	if m, err := s.mongo.cpuSeconds(); err == nil {
+		run.MongoCPUSeconds = m - mongoCPU
 	}
 	if run.Records != want {
 		return Run{}, fmt.Errorf("reported %d records stored, want %d", run.Records, want)
@@ -523,9 +540,13 @@ func (m *measurement) runPipeline(ctx context.Context, s *servers, sc Scenario, 
 	defer p.kill()
 
 	url := "http://" + metricsAddr + "/metrics"
+	if dir := os.Getenv("INGEST_PPROF_DIR"); dir != "" {
+		// A CPU profile of the pipeline process while it drains (go tool pprof it).
+		go profile(ctx, "http://"+metricsAddr, filepath.Join(dir, fmt.Sprintf("pipeline-%s-%d.pprof", sc.Name, time.Now().UnixNano())))
+	}
 	want := float64(sc.Records)
 	run := Run{Records: sc.Records}
-	tick := time.NewTicker(scrapeEvery)
+	tick := time.NewTicker(scrapeFirst)
 	defer tick.Stop()
 	for {
 		select {
@@ -541,11 +562,13 @@ func (m *measurement) runPipeline(ctx context.Context, s *servers, sc Scenario, 
 		}
 		now := time.Since(p.started).Seconds()
 		stored := mfs.Sum("platform_pipeline_messages_total")
+		inserted := mfs.Sum("platform_bulk_writer_items_total")
 		if dead := mfs.Sum("platform_pipeline_dead_letters_total"); dead > 0 {
 			return Run{}, fmt.Errorf("pipeline dead-lettered %.0f records; the workload should have none%s", dead, p.output.suffix())
 		}
-		if stored > 0 && run.FirstStoredSeconds == 0 {
-			run.FirstStoredSeconds = now
+		if inserted > 0 && run.FirstStoredSeconds == 0 {
+			run.FirstStoredSeconds = now // the first InsertMany returned
+			tick.Reset(scrapeEvery)
 		}
 		if stored >= want {
 			run.Seconds = now
@@ -563,6 +586,25 @@ func (m *measurement) runPipeline(ctx context.Context, s *servers, sc Scenario, 
 		m.logf("ingest: the pipeline logged:\n%s", out)
 	}
 	return run, nil
+}
+
+// profile saves a 5-second CPU profile of the process serving base's /debug/pprof to path.
+func profile(ctx context.Context, base, path string) {
+	for ctx.Err() == nil {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+"/debug/pprof/profile?seconds=5", nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			time.Sleep(20 * time.Millisecond)
+			continue
+		}
+		defer resp.Body.Close()
+		f, err := os.Create(path)
+		if err == nil {
+			_, _ = io.Copy(f, resp.Body)
+			_ = f.Close()
+		}
+		return
+	}
 }
 
 // runStorebench runs `storebench mode args…`, timed from its exec (-since), and reads its report.

@@ -24,8 +24,17 @@ import (
 // Binaries are the executables a measurement runs, built from this module.
 type Binaries struct{ Dir string }
 
-// Pipeline is services/pipeline, the production binary.
-func (b Binaries) Pipeline() string { return filepath.Join(b.Dir, "pipeline") }
+// PipelineBinEnv names another pipeline binary to measure in place of this tree's build: an older
+// commit's, for a before/after measured side by side against the same ceiling (docs/benchmarks.md).
+const PipelineBinEnv = "INGEST_PIPELINE_BIN"
+
+// Pipeline is services/pipeline, the production binary (or $INGEST_PIPELINE_BIN).
+func (b Binaries) Pipeline() string {
+	if bin := os.Getenv(PipelineBinEnv); bin != "" {
+		return bin
+	}
+	return filepath.Join(b.Dir, "pipeline")
+}
 
 // Devstack is services/devstack (its -servers mode runs kfake and FerretDB).
 func (b Binaries) Devstack() string { return filepath.Join(b.Dir, "devstack") }
