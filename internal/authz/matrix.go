@@ -33,6 +33,15 @@ var allPermissions = []Permission{
 	MemberList, MemberAdd, MemberRemove, MessageRead, MessageSend, MessageUpdate, MessageDelete, DLQRead, DLQWrite,
 }
 
+// readOnly are the permissions that change nothing; every other one mutates. One definition for the
+// quotas (a mutation costs more) and the audit (every mutation is recorded).
+var readOnly = map[Permission]bool{
+	ConversationList: true, ConversationRead: true, MemberList: true, MessageRead: true, DLQRead: true,
+}
+
+// Mutates reports whether a call with permission p changes state (public calls have none: reads).
+func (p Permission) Mutates() bool { return p != "" && !readOnly[p] }
+
 // Grant is how far a role holds a permission.
 type Grant int
 

@@ -124,3 +124,15 @@ func TestREADMEShowsTheMatrix(t *testing.T) {
 		t.Errorf("README.md must contain the permission table exactly as authz.MatrixMarkdown renders it:\n%s", MatrixMarkdown())
 	}
 }
+
+func TestPermissionMutates(t *testing.T) {
+	for _, p := range allPermissions {
+		want := !strings.HasSuffix(string(p), ".read") && !strings.HasSuffix(string(p), ".list")
+		if p.Mutates() != want {
+			t.Errorf("%s.Mutates() = %v, want %v", p, p.Mutates(), want)
+		}
+	}
+	if Permission("").Mutates() {
+		t.Error("a public call (no permission) counts as a mutation")
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/url"
 	"os"
@@ -53,6 +54,20 @@ type Config struct {
 	AuthJWKSFile   string
 	AuthIssuer     string
 	AuthAudience   string
+	// AuthMaxTokenTTL bounds a token's lifetime: exp - iat, or exp - now without iat.
+	AuthMaxTokenTTL time.Duration
+
+	// RateLimit holds the per-principal and per-tenant quotas (RATE_LIMIT_*).
+	RateLimit RateLimit
+	// StreamMaxPerPrincipal caps the live StreamMessages one principal holds open at once, per gateway.
+	StreamMaxPerPrincipal int
+
+	// TLS of the gRPC and HTTP listeners (GRPC_TLS_*, HTTP_TLS_*) and of the Kafka clients (KAFKA_TLS_*,
+	// KAFKA_SASL_*). MongoDB and Redis take theirs from their URIs (tls=true, rediss://).
+	GRPCTLS   ServerTLS
+	HTTPTLS   ServerTLS
+	KafkaTLS  KafkaTLS
+	KafkaSASL KafkaSASL
 
 	ShutdownTimeout    time.Duration
 	DrainDelay         time.Duration
@@ -84,6 +99,37 @@ type Pipeline struct {
 	// TransientRetryTimeout, when positive, dead-letters (class transient) a record still failing
 	// transiently after that long; zero retries until the dependency is back.
 	TransientRetryTimeout time.Duration
+}
+
+// RateLimit holds the quotas (RATE_LIMIT_*): token buckets refilled at RPS cost units per second up to
+// Burst, shared by the gateway replicas through Redis. A zero RPS disables that limit.
+type RateLimit struct {
+	PrincipalRPS   float64
+	PrincipalBurst int
+	TenantRPS      float64
+	TenantBurst    int
+}
+
+// ServerTLS is a listener's certificate and, for mutual TLS, the CA its clients' certificates must chain
+// to. Empty CertFile: plain text.
+type ServerTLS struct {
+	CertFile, KeyFile, ClientCAFile string
+}
+
+// Enabled reports whether the listener serves TLS.
+func (t ServerTLS) Enabled() bool { return t.CertFile != "" }
+
+// KafkaTLS is the Kafka clients' TLS: CAFile verifies the brokers (system roots when empty); CertFile and
+// KeyFile are the client certificate for mutual TLS.
+type KafkaTLS struct {
+	Enabled                   bool
+	CAFile, CertFile, KeyFile string
+}
+
+// KafkaSASL is the Kafka clients' SASL authentication; an empty Mechanism is none.
+type KafkaSASL struct {
+	Mechanism          string // PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512
+	Username, Password string
 }
 
 // DLQ holds the dead-letter retry policy (DLQ_*).
@@ -129,6 +175,25 @@ var Vars = []Var{
 	{"AUTH_JWKS_FILE", "", "path of a JWKS file with RS256/ES256 public keys"},
 	{"AUTH_ISSUER", "", "required JWT `iss` when set"},
 	{"AUTH_AUDIENCE", "", "required JWT `aud` when set"},
+	{"AUTH_MAX_TOKEN_TTL", "24h", "longest token lifetime accepted: `exp - iat`, or `exp - now` when `iat` is absent"},
+	{"RATE_LIMIT_PRINCIPAL_RPS", "50", "quota of one principal (subject of a tenant), in cost units per second (a read costs 1, a mutation 2, over all gateway replicas through Redis); 0 disables"},
+	{"RATE_LIMIT_PRINCIPAL_BURST", "100", "burst of the principal quota, in cost units"},
+	{"RATE_LIMIT_TENANT_RPS", "2000", "quota of one tenant (all its principals), in cost units per second; 0 disables"},
+	{"RATE_LIMIT_TENANT_BURST", "4000", "burst of the tenant quota, in cost units"},
+	{"STREAM_MAX_PER_PRINCIPAL", "16", "live StreamMessages one principal may hold open on one gateway; more are RESOURCE_EXHAUSTED"},
+	{"GRPC_TLS_CERT_FILE", "", "PEM certificate (chain) of the gRPC listener; TLS when set (reloaded when the file changes or on SIGHUP)"},
+	{"GRPC_TLS_KEY_FILE", "", "PEM private key of GRPC_TLS_CERT_FILE"},
+	{"GRPC_TLS_CLIENT_CA_FILE", "", "PEM CA bundle: when set, gRPC clients must present a certificate it signed (mutual TLS)"},
+	{"HTTP_TLS_CERT_FILE", "", "PEM certificate (chain) of the HTTP listener (REST, /healthz, /readyz); TLS when set"},
+	{"HTTP_TLS_KEY_FILE", "", "PEM private key of HTTP_TLS_CERT_FILE"},
+	{"HTTP_TLS_CLIENT_CA_FILE", "", "PEM CA bundle: when set, HTTP clients must present a certificate it signed (mutual TLS)"},
+	{"KAFKA_TLS_ENABLED", "false", "connect to the Kafka brokers over TLS"},
+	{"KAFKA_TLS_CA_FILE", "", "PEM CA bundle verifying the brokers (system roots when empty)"},
+	{"KAFKA_TLS_CERT_FILE", "", "PEM client certificate for mutual TLS with the brokers"},
+	{"KAFKA_TLS_KEY_FILE", "", "PEM private key of KAFKA_TLS_CERT_FILE"},
+	{"KAFKA_SASL_MECHANISM", "", "SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512; empty for none"},
+	{"KAFKA_SASL_USERNAME", "", "SASL user name"},
+	{"KAFKA_SASL_PASSWORD", "", "SASL password"},
 	{"SHUTDOWN_TIMEOUT", "30s", "bound on graceful shutdown (drain, in-flight RPCs, flush)"},
 	{"SHUTDOWN_DRAIN_DELAY", "2s", "time between readiness turning 503 and the listeners closing"},
 	{"HEALTH_CHECK_TIMEOUT", "5s", "timeout of one dependency check"},
@@ -217,6 +282,20 @@ func Load(getenv Getenv) (Config, error) {
 		}
 		return n
 	}
+	nonNegativeInt := func(name string) int {
+		n, err := strconv.Atoi(get(name))
+		if err != nil || n < 0 {
+			errs = append(errs, fmt.Errorf("%s=%q: want a non-negative integer", name, get(name)))
+		}
+		return n
+	}
+	rate := func(name string) float64 {
+		r, err := strconv.ParseFloat(get(name), 64)
+		if err != nil || r < 0 || math.IsInf(r, 0) || math.IsNaN(r) {
+			errs = append(errs, fmt.Errorf("%s=%q: want a non-negative number (0 disables)", name, get(name)))
+		}
+		return r
+	}
 	duration := func(name string) time.Duration {
 		v := get(name)
 		d, err := time.ParseDuration(v)
@@ -239,16 +318,28 @@ func Load(getenv Getenv) (Config, error) {
 		AuthJWKSFile:         get("AUTH_JWKS_FILE"),
 		AuthIssuer:           get("AUTH_ISSUER"),
 		AuthAudience:         get("AUTH_AUDIENCE"),
-		ProduceTimeout:       duration("KAFKA_PRODUCE_TIMEOUT"),
-		PipelineStallAfter:   duration("PIPELINE_STALL_AFTER"),
-		KafkaSessionTimeout:  duration("KAFKA_SESSION_TIMEOUT"),
-		ShutdownTimeout:      duration("SHUTDOWN_TIMEOUT"),
-		DrainDelay:           duration("SHUTDOWN_DRAIN_DELAY"),
-		HealthCheckTimeout:   duration("HEALTH_CHECK_TIMEOUT"),
-		HealthInterval:       duration("HEALTH_CHECK_INTERVAL"),
-		LogFormat:            strings.ToLower(get("LOG_FORMAT")),
-		WatchersEnabled:      boolean("WATCHERS_ENABLED"),
-		DLQSchedulerEnabled:  boolean("DLQ_SCHEDULER_ENABLED"),
+		AuthMaxTokenTTL:      duration("AUTH_MAX_TOKEN_TTL"),
+		RateLimit: RateLimit{
+			PrincipalRPS: rate("RATE_LIMIT_PRINCIPAL_RPS"), PrincipalBurst: nonNegativeInt("RATE_LIMIT_PRINCIPAL_BURST"),
+			TenantRPS: rate("RATE_LIMIT_TENANT_RPS"), TenantBurst: nonNegativeInt("RATE_LIMIT_TENANT_BURST"),
+		},
+		StreamMaxPerPrincipal: positiveInt("STREAM_MAX_PER_PRINCIPAL"),
+		GRPCTLS:               ServerTLS{CertFile: get("GRPC_TLS_CERT_FILE"), KeyFile: get("GRPC_TLS_KEY_FILE"), ClientCAFile: get("GRPC_TLS_CLIENT_CA_FILE")},
+		HTTPTLS:               ServerTLS{CertFile: get("HTTP_TLS_CERT_FILE"), KeyFile: get("HTTP_TLS_KEY_FILE"), ClientCAFile: get("HTTP_TLS_CLIENT_CA_FILE")},
+		KafkaTLS: KafkaTLS{Enabled: boolean("KAFKA_TLS_ENABLED"), CAFile: get("KAFKA_TLS_CA_FILE"),
+			CertFile: get("KAFKA_TLS_CERT_FILE"), KeyFile: get("KAFKA_TLS_KEY_FILE")},
+		KafkaSASL: KafkaSASL{Mechanism: strings.ToUpper(get("KAFKA_SASL_MECHANISM")), Username: get("KAFKA_SASL_USERNAME"),
+			Password: getenv("KAFKA_SASL_PASSWORD")}, // not trimmed: every byte of a secret counts
+		ProduceTimeout:      duration("KAFKA_PRODUCE_TIMEOUT"),
+		PipelineStallAfter:  duration("PIPELINE_STALL_AFTER"),
+		KafkaSessionTimeout: duration("KAFKA_SESSION_TIMEOUT"),
+		ShutdownTimeout:     duration("SHUTDOWN_TIMEOUT"),
+		DrainDelay:          duration("SHUTDOWN_DRAIN_DELAY"),
+		HealthCheckTimeout:  duration("HEALTH_CHECK_TIMEOUT"),
+		HealthInterval:      duration("HEALTH_CHECK_INTERVAL"),
+		LogFormat:           strings.ToLower(get("LOG_FORMAT")),
+		WatchersEnabled:     boolean("WATCHERS_ENABLED"),
+		DLQSchedulerEnabled: boolean("DLQ_SCHEDULER_ENABLED"),
 		Pipeline: Pipeline{
 			MaxPollRecords:        positiveInt("PIPELINE_MAX_POLL_RECORDS"),
 			BulkMaxDocs:           positiveInt("PIPELINE_BULK_MAX_DOCS"),
@@ -322,6 +413,47 @@ func Load(getenv Getenv) (Config, error) {
 	}
 	if c.KafkaSessionTimeout < 6*time.Second || c.KafkaSessionTimeout > 5*time.Minute {
 		errs = append(errs, fmt.Errorf("KAFKA_SESSION_TIMEOUT=%s: want 6s to 5m (the brokers' default bounds)", c.KafkaSessionTimeout))
+	}
+	if c.AuthMaxTokenTTL == 0 {
+		errs = append(errs, errors.New("AUTH_MAX_TOKEN_TTL: must be positive"))
+	}
+	for _, q := range []struct {
+		name  string
+		rps   float64
+		burst int
+	}{{"RATE_LIMIT_PRINCIPAL", c.RateLimit.PrincipalRPS, c.RateLimit.PrincipalBurst}, {"RATE_LIMIT_TENANT", c.RateLimit.TenantRPS, c.RateLimit.TenantBurst}} {
+		if q.rps > 0 && q.burst < 2 { // a mutation costs 2
+			errs = append(errs, fmt.Errorf("%s_BURST=%d: want at least 2 (a mutation's cost) when %s_RPS is set", q.name, q.burst, q.name))
+		}
+	}
+	for _, t := range []struct {
+		prefix string
+		tls    ServerTLS
+	}{{"GRPC_TLS", c.GRPCTLS}, {"HTTP_TLS", c.HTTPTLS}} {
+		if (t.tls.CertFile == "") != (t.tls.KeyFile == "") {
+			errs = append(errs, fmt.Errorf("%s_CERT_FILE and %s_KEY_FILE: set both or neither", t.prefix, t.prefix))
+		}
+		if t.tls.ClientCAFile != "" && t.tls.CertFile == "" {
+			errs = append(errs, fmt.Errorf("%s_CLIENT_CA_FILE: mutual TLS needs %s_CERT_FILE and %s_KEY_FILE", t.prefix, t.prefix, t.prefix))
+		}
+	}
+	if (c.KafkaTLS.CertFile == "") != (c.KafkaTLS.KeyFile == "") {
+		errs = append(errs, errors.New("KAFKA_TLS_CERT_FILE and KAFKA_TLS_KEY_FILE: set both or neither"))
+	}
+	if !c.KafkaTLS.Enabled && (c.KafkaTLS.CAFile != "" || c.KafkaTLS.CertFile != "") {
+		errs = append(errs, errors.New("KAFKA_TLS_CA_FILE/KAFKA_TLS_CERT_FILE: set KAFKA_TLS_ENABLED=true to use them"))
+	}
+	switch c.KafkaSASL.Mechanism {
+	case "":
+		if c.KafkaSASL.Username != "" || c.KafkaSASL.Password != "" {
+			errs = append(errs, errors.New("KAFKA_SASL_USERNAME/KAFKA_SASL_PASSWORD: set KAFKA_SASL_MECHANISM to use them"))
+		}
+	case "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512":
+		if c.KafkaSASL.Username == "" || c.KafkaSASL.Password == "" {
+			errs = append(errs, fmt.Errorf("KAFKA_SASL_MECHANISM=%s: KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD are required", c.KafkaSASL.Mechanism))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("KAFKA_SASL_MECHANISM=%q: want PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512", c.KafkaSASL.Mechanism))
 	}
 	if c.PipelineStallAfter == 0 {
 		errs = append(errs, errors.New("PIPELINE_STALL_AFTER: must be positive"))

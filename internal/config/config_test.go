@@ -52,16 +52,29 @@ func TestLoadDefaults(t *testing.T) {
 
 func TestLoadValues(t *testing.T) {
 	c, err := Load(env(map[string]string{
-		"KAFKA_BROKERS":      " k1:9092, k2:9092 ,",
-		"MONGO_URI":          "mongodb://user:secret@db:27017/?replicaSet=rs0",
-		"REDIS_URL":          "redis://redis:6379/0",
-		"SHUTDOWN_TIMEOUT":   "45s",
-		"LOG_LEVEL":          "debug",
-		"LOG_FORMAT":         "TEXT",
-		"KAFKA_SIGNING_KEYS": "k2=second-secret-0123456789abcdefghijklmnop,k1=first-secret-0123456789abcdefghijklmnopq",
+		"KAFKA_BROKERS":            " k1:9092, k2:9092 ,",
+		"MONGO_URI":                "mongodb://user:secret@db:27017/?replicaSet=rs0",
+		"REDIS_URL":                "redis://redis:6379/0",
+		"SHUTDOWN_TIMEOUT":         "45s",
+		"LOG_LEVEL":                "debug",
+		"LOG_FORMAT":               "TEXT",
+		"KAFKA_SIGNING_KEYS":       "k2=second-secret-0123456789abcdefghijklmnop,k1=first-secret-0123456789abcdefghijklmnopq",
+		"RATE_LIMIT_PRINCIPAL_RPS": "0", "RATE_LIMIT_PRINCIPAL_BURST": "0", "RATE_LIMIT_TENANT_RPS": "2.5",
+		"GRPC_TLS_CERT_FILE": "/tls/c.pem", "GRPC_TLS_KEY_FILE": "/tls/k.pem", "GRPC_TLS_CLIENT_CA_FILE": "/tls/ca.pem",
+		"KAFKA_TLS_ENABLED": "true", "KAFKA_SASL_MECHANISM": "scram-sha-256", "KAFKA_SASL_USERNAME": "svc",
+		"KAFKA_SASL_PASSWORD": " pass word ",
 	}))
 	if err != nil {
 		t.Fatal(err)
+	}
+	if rl := c.RateLimit; rl.PrincipalRPS != 0 || rl.TenantRPS != 2.5 || rl.TenantBurst != 4000 {
+		t.Errorf("RateLimit = %+v", rl)
+	}
+	if !c.GRPCTLS.Enabled() || c.GRPCTLS.ClientCAFile != "/tls/ca.pem" || c.HTTPTLS.Enabled() {
+		t.Errorf("GRPCTLS = %+v, HTTPTLS = %+v", c.GRPCTLS, c.HTTPTLS)
+	}
+	if s := c.KafkaSASL; !c.KafkaTLS.Enabled || s.Mechanism != "SCRAM-SHA-256" || s.Password != " pass word " {
+		t.Errorf("Kafka TLS %+v, SASL mechanism %q, password kept as given: %v", c.KafkaTLS, s.Mechanism, s.Password == " pass word ")
 	}
 	if strings.Join(c.KafkaBrokers, ",") != "k1:9092,k2:9092" {
 		t.Errorf("KafkaBrokers = %q", c.KafkaBrokers)
@@ -105,6 +118,20 @@ func TestLoadRejectsBadValues(t *testing.T) {
 		{"MONGO_BREAKER_FAILURE_RATIO", "1.5"},
 		{"MONGO_BREAKER_COOLDOWN", "0s"},
 		{"DEVSTACK_MONGO_ADDR", "27018"},
+		{"AUTH_MAX_TOKEN_TTL", "0s"},
+		{"RATE_LIMIT_PRINCIPAL_RPS", "-1"},
+		{"RATE_LIMIT_TENANT_RPS", "lots"},
+		{"RATE_LIMIT_PRINCIPAL_BURST", "1"},
+		{"RATE_LIMIT_TENANT_BURST", "-5"},
+		{"STREAM_MAX_PER_PRINCIPAL", "0"},
+		{"GRPC_TLS_CERT_FILE", "/tls/cert.pem"},
+		{"HTTP_TLS_KEY_FILE", "/tls/key.pem"},
+		{"GRPC_TLS_CLIENT_CA_FILE", "/tls/ca.pem"},
+		{"KAFKA_TLS_CA_FILE", "/tls/ca.pem"},
+		{"KAFKA_TLS_ENABLED", "maybe"},
+		{"KAFKA_SASL_MECHANISM", "GSSAPI"},
+		{"KAFKA_SASL_MECHANISM", "SCRAM-SHA-512"},
+		{"KAFKA_SASL_USERNAME", "alice"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

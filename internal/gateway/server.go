@@ -6,6 +6,7 @@ package gateway
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net"
@@ -55,6 +56,18 @@ type Options struct {
 	Authorizer *authz.Authorizer
 	// OnUnauthenticated hears of every call refused for want of a valid token.
 	OnUnauthenticated func(ctx context.Context, method string, err error)
+	// Quota charges every authenticated call to its principal's and tenant's quotas; Audit records every
+	// mutation and operator read. Nil: none.
+	Quota, Audit Interceptors
+	// GRPCTLS and HTTPTLS make the listeners serve TLS (nil: plain text); InternalTLS is what the REST
+	// gateway's own connection to the gRPC listener dials with when GRPCTLS is set.
+	GRPCTLS, HTTPTLS, InternalTLS *tls.Config
+}
+
+// Interceptors are a unary and a stream server interceptor doing one job.
+type Interceptors interface {
+	UnaryServerInterceptor() grpc.UnaryServerInterceptor
+	StreamServerInterceptor() grpc.StreamServerInterceptor
 }
 
 // ServiceNeeds maps each gRPC service name to the dependencies it cannot work without; grpc.health.v1
@@ -104,7 +117,7 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	}
 	access := authz.NewInterceptor(opts.Verifier, opts.Authorizer)
 	access.OnUnauthenticated = opts.OnUnauthenticated
-	s.grpc = newGRPCServer(s.logger, grpcMetrics, access)
+	s.grpc = newGRPCServer(s.logger, grpcMetrics, access, opts.Quota, opts.Audit)
 	registerServices(s.grpc, opts.Services, opts.Checker)
 	hs := grpchealth.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, hs)
@@ -138,7 +151,7 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	return s, nil
 }
 
-func newGRPCServer(logger *slog.Logger, metrics *grpcprom.ServerMetrics, access *authz.Interceptor) *grpc.Server {
+func newGRPCServer(logger *slog.Logger, metrics *grpcprom.ServerMetrics, access *authz.Interceptor, quota, audit Interceptors) *grpc.Server {
 	logOpts := []logging.Option{
 		logging.WithLogOnEvents(logging.FinishCall),
 		// Authentication runs before logging, so the caller is in the context the logger sees.
@@ -155,27 +168,31 @@ func newGRPCServer(logger *slog.Logger, metrics *grpcprom.ServerMetrics, access 
 		return status.Error(codes.Internal, "internal error")
 	})
 	// Order matters: the request id first so every later interceptor sees it; metrics before everything
-	// so every call is counted; authentication before logging, so the log line names the caller (a call
-	// refused for want of a token is not logged per call: it is counted, see OnUnauthenticated); denied
-	// calls are logged; recovery last so a panic becomes INTERNAL before metrics and logs record the call.
-	return grpc.NewServer(
-		grpc.ChainUnaryInterceptor(
-			requestid.UnaryServerInterceptor(),
-			metrics.UnaryServerInterceptor(),
-			access.AuthenticateUnary(),
-			logging.UnaryServerInterceptor(rpcLogger, logOpts...),
-			access.AuthorizeUnary(),
-			recovery.UnaryServerInterceptor(recoveryOpt),
-		),
-		grpc.ChainStreamInterceptor(
-			requestid.StreamServerInterceptor(),
-			metrics.StreamServerInterceptor(),
-			access.AuthenticateStream(),
-			logging.StreamServerInterceptor(rpcLogger, logOpts...),
-			access.AuthorizeStream(),
-			recovery.StreamServerInterceptor(recoveryOpt),
-		),
-	)
+	// so every call is counted; authentication before the quota (charged to the caller it names) and
+	// logging, so the log line names the caller (a call refused for want of a token is not logged per
+	// call: it is counted, see OnUnauthenticated); the audit before the access check, so refused calls
+	// are recorded too; recovery last so a panic becomes INTERNAL before metrics and logs record the call.
+	unary := []grpc.UnaryServerInterceptor{
+		requestid.UnaryServerInterceptor(),
+		metrics.UnaryServerInterceptor(),
+		access.AuthenticateUnary(),
+	}
+	stream := []grpc.StreamServerInterceptor{
+		requestid.StreamServerInterceptor(),
+		metrics.StreamServerInterceptor(),
+		access.AuthenticateStream(),
+	}
+	if quota != nil {
+		unary, stream = append(unary, quota.UnaryServerInterceptor()), append(stream, quota.StreamServerInterceptor())
+	}
+	unary = append(unary, logging.UnaryServerInterceptor(rpcLogger, logOpts...))
+	stream = append(stream, logging.StreamServerInterceptor(rpcLogger, logOpts...))
+	if audit != nil {
+		unary, stream = append(unary, audit.UnaryServerInterceptor()), append(stream, audit.StreamServerInterceptor())
+	}
+	unary = append(unary, access.AuthorizeUnary(), recovery.UnaryServerInterceptor(recoveryOpt))
+	stream = append(stream, access.AuthorizeStream(), recovery.StreamServerInterceptor(recoveryOpt))
+	return grpc.NewServer(grpc.ChainUnaryInterceptor(unary...), grpc.ChainStreamInterceptor(stream...))
 }
 
 func registerServices(s *grpc.Server, svc Services, checker *health.Checker) {
