@@ -104,6 +104,14 @@ func (i *Interceptor) AuthorizeStream() grpc.StreamServerInterceptor {
 	}
 }
 
+type ruleKey struct{}
+
+// RuleFrom returns the access rule of the call, which the authenticating interceptor put in its context.
+func RuleFrom(ctx context.Context) (Rule, bool) {
+	r, ok := ctx.Value(ruleKey{}).(Rule)
+	return r, ok
+}
+
 // rule returns the method's rule; a method without one is denied (BuildRules makes that unreachable).
 func (i *Interceptor) rule(method string) (Rule, error) {
 	rule, ok := i.rules[method]
@@ -114,10 +122,15 @@ func (i *Interceptor) rule(method string) (Rule, error) {
 }
 
 // authenticate verifies the bearer token of a non-public method and returns ctx with the principal.
+// The rule goes into the context (RuleFrom) for the interceptors after it (quota, audit).
 func (i *Interceptor) authenticate(ctx context.Context, method string) (context.Context, error) {
 	rule, err := i.rule(method)
-	if err != nil || rule.Public {
+	if err != nil {
 		return ctx, err
+	}
+	ctx = context.WithValue(ctx, ruleKey{}, rule)
+	if rule.Public {
+		return ctx, nil
 	}
 	token, err := auth.TokenFromContext(ctx)
 	if err == nil {
