@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	"google.golang.org/grpc/metadata"
 
 	platformv1 "github.com/msgplatform/platform/gen/platform/v1"
@@ -58,7 +59,8 @@ func (w *watcher) start(ctx context.Context, conversations []string, timeout tim
 
 func (w *watcher) watch(ctx context.Context, client platformv1.MessageServiceClient, conv string, ready chan<- error) {
 	first := true
-	backoff := 100 * time.Millisecond
+	bo := backoff.NewExponentialBackOff()
+	bo.InitialInterval, bo.MaxInterval = 100*time.Millisecond, 2*time.Second
 	for {
 		st, err := client.StreamMessages(withOutgoing(ctx, w.md), &platformv1.StreamMessagesRequest{ConversationId: conv})
 		if err == nil {
@@ -69,7 +71,7 @@ func (w *watcher) watch(ctx context.Context, client platformv1.MessageServiceCli
 				ready <- nil
 				first = false
 			}
-			backoff = 100 * time.Millisecond
+			bo.Reset()
 			err = w.read(conv, st)
 		}
 		if ctx.Err() != nil {
@@ -87,9 +89,8 @@ func (w *watcher) watch(ctx context.Context, client platformv1.MessageServiceCli
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(backoff):
+		case <-time.After(bo.NextBackOff()):
 		}
-		backoff = min(2*backoff, 2*time.Second)
 	}
 }
 

@@ -86,12 +86,6 @@ type Handler interface {
 	Handle(ctx context.Context, ev Event) error
 }
 
-// HandlerFunc adapts a function to Handler.
-type HandlerFunc func(ctx context.Context, ev Event) error
-
-// Handle implements Handler.
-func (f HandlerFunc) Handle(ctx context.Context, ev Event) error { return f(ctx, ev) }
-
 // Watch is one watched collection and its handler.
 type Watch struct {
 	Collection string
