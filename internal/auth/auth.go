@@ -34,7 +34,7 @@ var ErrUnauthenticated = errors.New("unauthenticated")
 type Principal struct {
 	Subject  string   // JWT sub (user id)
 	TenantID string   // tenant_id claim
-	Roles    []string // roles claim (platform roles: "user", "service", "operator")
+	Roles    []string // roles claim (platform roles: "user", "service", "operator", "platform_operator")
 }
 
 // HasRole reports whether the principal holds role (exact match).
@@ -53,7 +53,12 @@ func unauthenticated(reason string) error {
 // under the same key.
 func TokenFromContext(ctx context.Context) (string, error) {
 	// ValueFromIncomingContext reads the one key without copying the whole metadata map.
-	vals := metadata.ValueFromIncomingContext(ctx, "authorization")
+	return TokenFromValues(metadata.ValueFromIncomingContext(ctx, "authorization"))
+}
+
+// TokenFromValues returns the bearer token of the authorization values of a call (gRPC metadata, or
+// the HTTP Authorization header's values), under the rules TokenFromContext states.
+func TokenFromValues(vals []string) (string, error) {
 	switch len(vals) {
 	case 0:
 		return "", unauthenticated("missing bearer token")

@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -174,6 +175,10 @@ func TestVerify(t *testing.T) {
 	vBoth := newVerifier(t, auth.Config{HMACSecret: secret, JWKSFile: k.jwksPath})
 	vIssAud := newVerifier(t, auth.Config{HMACSecret: secret, Issuer: "https://issuer.test", Audience: "platform"})
 	vTight := newVerifier(t, auth.Config{HMACSecret: secret, Leeway: time.Second})
+	vHour := newVerifier(t, auth.Config{HMACSecret: secret, MaxTokenTTL: time.Hour})
+	vNoMax := newVerifier(t, auth.Config{HMACSecret: secret, MaxTokenTTL: -1})
+	at := func(d time.Duration) int64 { return testNow.Add(d).Unix() }
+	const day, century = 24 * time.Hour, 100 * 365 * 24 * time.Hour
 
 	hs := func(mods map[string]any) string { return sign(t, jwt.SigningMethodHS256, secret, nil, claims(mods)) }
 	rsaPKIX, err := x509.MarshalPKIXPublicKey(&k.rsaA.PublicKey)
@@ -268,6 +273,31 @@ func TestVerify(t *testing.T) {
 		{"missing iss and aud: both reasons", vIssAud, hs(nil), `missing claim "iss"; missing claim "aud"`, nil},
 		{"missing audience", vIssAud, hs(map[string]any{"iss": "https://issuer.test"}), `missing claim "aud"`, nil},
 
+		// Dates are JSON numbers only (RFC 7519 §2). The library alone accepts a string holding digits
+		// (TestLibraryAcceptsStringDates).
+		{"fractional exp", vHS, hs(map[string]any{"exp": float64(at(time.Hour)) + 0.5}), "", alice},
+		{"exp as a string of digits", vHS, hs(map[string]any{"exp": fmt.Sprint(at(time.Hour))}), `claim "exp" must be a number`, nil},
+		{"iat as a string of digits", vHS, hs(map[string]any{"iat": fmt.Sprint(at(-time.Minute))}), `claim "iat" must be a number`, nil},
+		{"nbf as a string of digits", vHS, hs(map[string]any{"nbf": fmt.Sprint(at(-time.Minute))}), `claim "nbf" must be a number`, nil},
+		{"exp a boolean", vHS, hs(map[string]any{"exp": true}), `claim "exp" must be a number`, nil},
+		{"exp an object", vHS, hs(map[string]any{"exp": map[string]any{"CANARY": 1}}), `claim "exp" must be a number`, nil},
+		{"exp null", vHS, hs(map[string]any{"exp": json.RawMessage("null")}), `missing claim "exp"`, nil},
+		{"iat an array", vHS, hs(map[string]any{"iat": []int64{at(0)}}), `claim "iat" must be a number`, nil},
+
+		// The maximum lifetime (24h by default): exp - iat, or exp - now without iat (plus the leeway).
+		{"exp - iat = 24h", vHS, hs(map[string]any{"iat": at(-time.Hour), "exp": at(day - time.Hour)}), "", alice},
+		{"exp - iat = 24h + 1s", vHS, hs(map[string]any{"iat": at(-time.Hour), "exp": at(day - time.Hour + time.Second)}), "token lifetime (exp - iat) exceeds the maximum of 24h0m0s", nil},
+		{"100-year exp", vHS, hs(map[string]any{"exp": at(century)}), "exceeds the maximum of 24h0m0s", nil},
+		{"100-year exp, no iat", vHS, hs(map[string]any{"iat": nil, "exp": at(century)}), "(exp - now, no iat) than the maximum lifetime of 24h0m0s", nil},
+		{"old iat, exp soon", vHS, hs(map[string]any{"iat": at(-2 * day), "exp": at(time.Minute)}), "exceeds the maximum", nil},
+		{"no iat, exp - now = 24h", vHS, hs(map[string]any{"iat": nil, "exp": at(day)}), "", alice},
+		{"no iat, exp - now = 24h + leeway", vHS, hs(map[string]any{"iat": nil, "exp": at(day + 30*time.Second)}), "", alice},
+		{"no iat, exp - now beyond 24h + leeway", vHS, hs(map[string]any{"iat": nil, "exp": at(day + 31*time.Second)}), "maximum lifetime of 24h0m0s", nil},
+		{"configured 1h: 1h1m refused", vHour, hs(nil), "exceeds the maximum of 1h0m0s", nil},
+		{"configured 1h: 1h accepted", vHour, hs(map[string]any{"exp": at(time.Hour - time.Minute)}), "", alice},
+		{"no maximum: 100 years", vNoMax, hs(map[string]any{"exp": at(century)}), "", alice},
+		{"too long and expired: both reasons", vHS, hs(map[string]any{"iat": at(-3 * day), "exp": at(-time.Hour)}), "token expired; token lifetime", nil},
+
 		// shape
 		{"empty token", vHS, "", "missing bearer token", nil},
 		{"garbage", vHS, "CANARY-garbage", "malformed token", nil},
@@ -275,7 +305,7 @@ func TestVerify(t *testing.T) {
 		{"header not base64", vHS, "!!!.e30.", "malformed token", nil},
 		{"header not JSON", vHS, b64([]byte("CANARY")) + ".e30.", "malformed token", nil},
 		{"claims not JSON", vHS, raw(`{"alg":"HS256"}`, "CANARY", b64([]byte("sig"))), "malformed token", nil},
-		{"exp not a number", vHS, hs(map[string]any{"exp": "CANARY"}), "malformed token", nil},
+		{"exp not a number", vHS, hs(map[string]any{"exp": "CANARY"}), `claim "exp" must be a number`, nil},
 		{"four segments", vHS, hs(nil) + ".x", "malformed token", nil},
 		{"oversize token", vHS, hs(map[string]any{"pad": hugePad}), "token too large", nil},
 	}
@@ -427,6 +457,10 @@ func TestNewVerifierErrors(t *testing.T) {
 	}{
 		{"no key source", auth.Config{}, []string{"AUTH_HMAC_SECRET", "AUTH_JWKS_FILE"}},
 		{"short HMAC secret", auth.Config{HMACSecret: []byte(strings.Repeat("s", 31))}, []string{"AUTH_HMAC_SECRET", "32"}},
+		// Long enough, but a placeholder: secret.Check refuses it (its own tests cover the rules).
+		{"32 × a", auth.Config{HMACSecret: []byte(strings.Repeat("a", 32))}, []string{"AUTH_HMAC_SECRET", "distinct characters"}},
+		{"abab…", auth.Config{HMACSecret: []byte(strings.Repeat("ab", 32))}, []string{"AUTH_HMAC_SECRET", "distinct characters"}},
+		{"a word repeated", auth.Config{HMACSecret: []byte(strings.Repeat("changeme-secret!", 4))}, []string{"AUTH_HMAC_SECRET", "pattern"}},
 		{"negative leeway", auth.Config{HMACSecret: []byte(testSecret), Leeway: -time.Second}, []string{"leeway"}},
 		{"JWKS file missing", auth.Config{JWKSFile: filepath.Join(t.TempDir(), "nope.json")}, []string{"AUTH_JWKS_FILE"}},
 		{"JWKS not JSON", auth.Config{JWKSFile: writeFile(t, "not json")}, []string{"AUTH_JWKS_FILE"}},
@@ -461,7 +495,8 @@ func TestNewVerifierErrors(t *testing.T) {
 
 	// The boundaries that must pass.
 	for name, cfg := range map[string]auth.Config{
-		"32-byte secret":  {HMACSecret: []byte(strings.Repeat("s", 32))},
+		"32 random bytes": {HMACSecret: []byte("gQVgCKxQlW68x6RdECA0Q1/YoUAkakOj")},
+		"test secret":     {HMACSecret: []byte(testSecret)},
 		"dev secret":      {HMACSecret: []byte(auth.DevHMACSecret)},
 		"JWKS with pad=":  {JWKSFile: writeJWKS(t, with(good, "n", base64.URLEncoding.EncodeToString(rsaOK.N.Bytes())))},
 		"JWKS, EC, alg":   {JWKSFile: writeJWKS(t, with(ecJWK(t, "ec", &p256.PublicKey), "alg", "ES256", "use", "sig"))},
@@ -553,5 +588,25 @@ func TestMakefileDevSecret(t *testing.T) {
 	}
 	if len(auth.DevHMACSecret) < auth.MinHMACSecretLen {
 		t.Fatalf("DevHMACSecret is shorter than %d bytes", auth.MinHMACSecretLen)
+	}
+}
+
+// TestLibraryAcceptsStringDates records why tokenClaims reads exp, nbf and iat itself: golang-jwt v5's
+// NumericDate decodes through json.Number, which takes a JSON string holding a number, so the library
+// alone accepts "exp":"<digits>". If this test starts failing, the library got stricter; the verifier's
+// own check (TestVerify, "exp as a string of digits") stays either way.
+func TestLibraryAcceptsStringDates(t *testing.T) {
+	secret := []byte(testSecret)
+	tok := sign(t, jwt.SigningMethodHS256, secret, nil, claims(map[string]any{
+		"exp": fmt.Sprint(testNow.Add(time.Hour).Unix()), "iat": fmt.Sprint(testNow.Unix()), "nbf": fmt.Sprint(testNow.Unix()),
+	}))
+	var c jwt.RegisteredClaims
+	_, err := jwt.NewParser(jwt.WithTimeFunc(fixedNow), jwt.WithExpirationRequired(), jwt.WithIssuedAt()).
+		ParseWithClaims(tok, &c, func(*jwt.Token) (any, error) { return secret, nil })
+	if err != nil || c.ExpiresAt == nil {
+		t.Fatalf("golang-jwt refused string dates itself (%v): the verifier's own check is now a second line", err)
+	}
+	if _, err := newVerifier(t, auth.Config{HMACSecret: secret}).Verify(tok); err == nil {
+		t.Fatal("the verifier accepted string dates")
 	}
 }

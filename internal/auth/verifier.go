@@ -13,6 +13,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/msgplatform/platform/internal/envelope"
+	"github.com/msgplatform/platform/internal/secret"
 )
 
 const (
@@ -20,16 +21,22 @@ const (
 	// happen before the signature is checked).
 	maxTokenLen   = 8 << 10
 	defaultLeeway = 30 * time.Second
+	// DefaultMaxTokenTTL is the longest token lifetime a Verifier accepts when Config.MaxTokenTTL is
+	// zero (AUTH_MAX_TOKEN_TTL's default).
+	DefaultMaxTokenTTL = 24 * time.Hour
 )
 
 // Config selects the keys and claim checks of a Verifier.
 type Config struct {
-	HMACSecret []byte           // HS256; empty = HS256 disabled
-	JWKSFile   string           // RS256/ES256 public keys, selected by kid; empty = disabled
-	Issuer     string           // enforced when non-empty
-	Audience   string           // enforced when non-empty
-	Leeway     time.Duration    // clock skew allowed on exp/nbf/iat; default 30s when zero
-	Now        func() time.Time // for tests; nil = time.Now
+	HMACSecret []byte        // HS256; empty = HS256 disabled
+	JWKSFile   string        // RS256/ES256 public keys, selected by kid; empty = disabled
+	Issuer     string        // enforced when non-empty
+	Audience   string        // enforced when non-empty
+	Leeway     time.Duration // clock skew allowed on exp/nbf/iat; default 30s when zero
+	// MaxTokenTTL is the longest lifetime accepted: exp - iat, or exp - now (plus Leeway) when the token
+	// has no iat. DefaultMaxTokenTTL when zero; negative: no maximum.
+	MaxTokenTTL time.Duration
+	Now         func() time.Time // for tests; nil = time.Now
 	// CacheTTL bounds how long a verified token is remembered (never past its exp); default 1 minute when
 	// zero, negative disables the cache. CacheSize bounds the number of tokens remembered (default 10,000).
 	CacheTTL  time.Duration
@@ -44,6 +51,8 @@ type Verifier struct {
 	issuer     string
 	audience   string
 	parser     *jwt.Parser
+	maxTTL     time.Duration // ≤ 0: none
+	leeway     time.Duration
 	now        func() time.Time
 	cache      *tokenCache // verified tokens; nil when disabled
 }
@@ -53,8 +62,12 @@ func NewVerifier(cfg Config) (*Verifier, error) {
 	if len(cfg.HMACSecret) == 0 && cfg.JWKSFile == "" {
 		return nil, errors.New("auth: no token key configured: set AUTH_HMAC_SECRET and/or AUTH_JWKS_FILE")
 	}
-	if n := len(cfg.HMACSecret); n > 0 && n < MinHMACSecretLen {
-		return nil, fmt.Errorf("auth: AUTH_HMAC_SECRET is %d bytes; at least %d are required", n, MinHMACSecretLen)
+	if len(cfg.HMACSecret) > 0 {
+		// Length and variety: a placeholder ("aaaa…", "abab…", a word repeated) is refused, not only
+		// a short secret.
+		if err := secret.Check(cfg.HMACSecret); err != nil {
+			return nil, fmt.Errorf("auth: AUTH_HMAC_SECRET %w", err)
+		}
 	}
 	if cfg.Leeway < 0 {
 		return nil, fmt.Errorf("auth: negative leeway %s", cfg.Leeway)
@@ -82,6 +95,13 @@ func NewVerifier(cfg Config) (*Verifier, error) {
 	leeway := cfg.Leeway
 	if leeway == 0 {
 		leeway = defaultLeeway
+	}
+	v.leeway = leeway
+	switch {
+	case cfg.MaxTokenTTL == 0:
+		v.maxTTL = DefaultMaxTokenTTL
+	case cfg.MaxTokenTTL > 0:
+		v.maxTTL = cfg.MaxTokenTTL
 	}
 	opts := []jwt.ParserOption{
 		jwt.WithValidMethods(v.algs), // second line of defence behind checkHeader and keyFor
@@ -120,11 +140,12 @@ func (v *Verifier) Verify(token string) (Principal, error) {
 	if reason := v.checkHeader(token); reason != "" {
 		return Principal{}, unauthenticated(reason)
 	}
-	var c tokenClaims
+	c := tokenClaims{maxTTL: v.maxTTL, leeway: v.leeway, now: now}
 	if _, err := v.parser.ParseWithClaims(token, &c, v.keyFor); err != nil {
 		return Principal{}, unauthenticated(v.reasons(err, &c))
 	}
-	v.cache.put(token, c.principal, c.ExpiresAt.Time, now) // exp is required, so set after a pass
+	exp, _ := c.GetExpirationTime()
+	v.cache.put(token, c.principal, exp.Time, now) // exp is required, so set after a pass
 	return c.principal, nil
 }
 
@@ -251,7 +272,7 @@ func (v *Verifier) reasons(err error, c *tokenClaims) string {
 		// The library names the claim only in its message; c was decoded, and its signature
 		// verified, before claims are validated, so ask c instead.
 		n := len(out)
-		if c.ExpiresAt == nil {
+		if absent(c.Exp) {
 			add(`missing claim "exp"`)
 		}
 		if v.issuer != "" && c.Issuer == "" {
@@ -278,14 +299,54 @@ func (v *Verifier) reasons(err error, c *tokenClaims) string {
 
 // tokenClaims decodes the platform claims. sub, tenant_id and roles are kept raw (sub shadows the
 // embedded RegisteredClaims.Subject) so a wrong JSON type is reported by claim name after the
-// signature check, instead of failing decoding as "malformed token".
+// signature check, instead of failing decoding as "malformed token". exp, nbf and iat are kept raw too
+// (shadowing ExpiresAt, NotBefore and IssuedAt) and read by the Get methods below, which the library's
+// validator calls: the library's NumericDate accepts a JSON string holding a number ("exp":"1900000000"),
+// RFC 7519 §2 does not, and neither do we.
 type tokenClaims struct {
 	jwt.RegisteredClaims
 	Sub      json.RawMessage `json:"sub"`
 	TenantID json.RawMessage `json:"tenant_id"`
 	Roles    json.RawMessage `json:"roles"`
+	Exp      json.RawMessage `json:"exp"`
+	Nbf      json.RawMessage `json:"nbf"`
+	Iat      json.RawMessage `json:"iat"`
+
+	// Set by Verify before parsing: the lifetime rule (see Config.MaxTokenTTL).
+	maxTTL time.Duration
+	leeway time.Duration
+	now    time.Time
 
 	principal Principal // set by Validate
+}
+
+// GetExpirationTime implements jwt.Claims: exp, which must be a JSON number.
+func (c *tokenClaims) GetExpirationTime() (*jwt.NumericDate, error) { return numericDate(c.Exp, "exp") }
+
+// GetNotBefore implements jwt.Claims: nbf, which must be a JSON number when present.
+func (c *tokenClaims) GetNotBefore() (*jwt.NumericDate, error) { return numericDate(c.Nbf, "nbf") }
+
+// GetIssuedAt implements jwt.Claims: iat, which must be a JSON number when present.
+func (c *tokenClaims) GetIssuedAt() (*jwt.NumericDate, error) { return numericDate(c.Iat, "iat") }
+
+func absent(raw json.RawMessage) bool { return len(raw) == 0 || string(raw) == "null" }
+
+// numericDate decodes a NumericDate claim (RFC 7519 §2: a JSON number of seconds since the epoch,
+// possibly fractional): nil when absent, a reason naming the claim for anything else (a string, even
+// one holding digits, a boolean, an object).
+func numericDate(raw json.RawMessage, name string) (*jwt.NumericDate, error) {
+	if absent(raw) {
+		return nil, nil
+	}
+	bad := reason(`claim "` + name + `" must be a number (seconds since the epoch)`)
+	if raw[0] != '-' && (raw[0] < '0' || raw[0] > '9') {
+		return nil, bad
+	}
+	var d jwt.NumericDate
+	if err := d.UnmarshalJSON(raw); err != nil {
+		return nil, bad
+	}
+	return &d, nil
 }
 
 // Validate implements jwt.ClaimsValidator; the library calls it after the signature and the
@@ -304,10 +365,37 @@ func (c *tokenClaims) Validate() error {
 	if err != nil {
 		errs = append(errs, err)
 	}
+	if err := c.checkLifetime(); err != nil {
+		errs = append(errs, err)
+	}
 	if len(errs) > 0 {
 		return errors.Join(errs...)
 	}
 	c.principal = Principal{Subject: sub, TenantID: tenant, Roles: roles}
+	return nil
+}
+
+// checkLifetime is the maximum lifetime rule: exp - iat, or exp - now when there is no iat (with the
+// leeway, for an issuer's clock a little ahead of ours), at most maxTTL. A token that lives longer is
+// refused even while it is still valid: a leaked long-lived token would otherwise work for years. The
+// library has checked the dates' types (Get methods) before calling Validate; a bad or missing exp is
+// reported there.
+func (c *tokenClaims) checkLifetime() error {
+	exp, err := c.GetExpirationTime()
+	if err != nil || exp == nil || c.maxTTL <= 0 {
+		return nil
+	}
+	iat, err := c.GetIssuedAt()
+	switch {
+	case err != nil:
+		return nil
+	case iat != nil:
+		if exp.Sub(iat.Time) > c.maxTTL {
+			return reason("token lifetime (exp - iat) exceeds the maximum of " + c.maxTTL.String())
+		}
+	case exp.Sub(c.now) > c.maxTTL+c.leeway:
+		return reason("token expires further ahead (exp - now, no iat) than the maximum lifetime of " + c.maxTTL.String())
+	}
 	return nil
 }
 

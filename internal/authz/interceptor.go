@@ -104,6 +104,12 @@ func (i *Interceptor) AuthorizeStream() grpc.StreamServerInterceptor {
 	}
 }
 
+// IsPublic reports whether method needs no credentials (a method without a rule does need them).
+func (i *Interceptor) IsPublic(method string) bool {
+	r, ok := i.rules[method]
+	return ok && r.Public
+}
+
 type ruleKey struct{}
 
 // RuleFrom returns the access rule of the call, which the authenticating interceptor put in its context.
@@ -130,6 +136,13 @@ func (i *Interceptor) authenticate(ctx context.Context, method string) (context.
 	}
 	ctx = context.WithValue(ctx, ruleKey{}, rule)
 	if rule.Public {
+		// A public method needs no token, but a valid one names the caller (GetHealth shows operators
+		// more); an invalid one is ignored, so a probe with a stale token still gets its answer.
+		if token, err := auth.TokenFromContext(ctx); err == nil {
+			if p, err := i.verifier.Verify(token); err == nil {
+				ctx = auth.WithPrincipal(ctx, p)
+			}
+		}
 		return ctx, nil
 	}
 	token, err := auth.TokenFromContext(ctx)

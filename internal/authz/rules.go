@@ -110,8 +110,10 @@ func ruleFor(service, method string) (Rule, error) {
 }
 
 func knownPermission(p Permission) bool {
-	if platformGrant([]string{PlatformUser, PlatformService, PlatformOperator}, p) {
-		return true
+	for role := range PlatformRoles {
+		if roleGrants(role, p) {
+			return true
+		}
 	}
 	for _, row := range ConversationRoles {
 		if _, ok := row[p]; ok {
@@ -144,6 +146,10 @@ func fieldPath(msg protoreflect.MessageDescriptor, path string) ([]protoreflect.
 	}
 	return parts, nil
 }
+
+// StringAt reads the string field at path (a Rule's ConversationField or OwnerField) from a request;
+// unset parents read as "". The audit names a call's resources with it, as the access check does.
+func StringAt(m proto.Message, path []protoreflect.Name) string { return stringAt(m, path) }
 
 // stringAt reads a string field by path from a request; unset parents read as "".
 func stringAt(m proto.Message, path []protoreflect.Name) string {

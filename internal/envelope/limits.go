@@ -26,6 +26,10 @@ const (
 	// MaxRoles platform roles of at most MaxRoleBytes each (token roles claim, envelope sender_roles).
 	MaxRoles     = 16
 	MaxRoleBytes = 64
+	// MaxRequestBytes bounds a request to the API, protobuf over gRPC or JSON over REST, enforced while it
+	// is read: a little above the largest legal one, a SendMessage with the largest body and metadata
+	// whose every character JSON escapes to six bytes (\u0001), about 150 KiB.
+	MaxRequestBytes = 256 << 10
 )
 
 // ErrInvalidID is wrapped by CheckID's errors.

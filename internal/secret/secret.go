@@ -40,6 +40,12 @@ func Check(s []byte) error {
 	if bits := EntropyBits(s); bits < MinEntropyBits {
 		return fmt.Errorf("is too predictable (about %.0f bits, at least %d needed); use a random value (e.g. openssl rand -base64 32)", bits, MinEntropyBits)
 	}
+	if p := nearPeriod(s); p > 0 {
+		return fmt.Errorf("mostly repeats a %d-character pattern; use a random value (e.g. openssl rand -base64 32)", p)
+	}
+	if p := nearPeriod(deltas(s)); p > 0 {
+		return fmt.Errorf("follows a regular sequence (like abcd… or 0246…); use a random value (e.g. openssl rand -base64 32)")
+	}
 	return nil
 }
 
@@ -53,6 +59,39 @@ func period(s []byte) int {
 		}
 	}
 	return 0
+}
+
+// nearPeriod is period for a pattern repeated with a few bytes changed, added or cut ("0123…f0123…f!",
+// a word typed three times with one typo): the shortest p for which at least three quarters of the
+// bytes equal the byte p further on, over at least minCompared comparisons (so chance matches of a
+// random secret, 1 in 16 for hex, cannot reach it). 0 when there is none.
+func nearPeriod(s []byte) int {
+	const minCompared = 16
+	for p := 1; len(s)-p >= minCompared; p++ {
+		same := 0
+		for i := 0; i+p < len(s); i++ {
+			if s[i] == s[i+p] {
+				same++
+			}
+		}
+		if 4*same >= 3*(len(s)-p) {
+			return p
+		}
+	}
+	return 0
+}
+
+// deltas returns the differences between neighbouring bytes: a run like "abcdef…" or "0246…", whose
+// bytes all differ, is a constant (so periodic) sequence of differences.
+func deltas(s []byte) []byte {
+	if len(s) < 2 {
+		return nil
+	}
+	d := make([]byte, len(s)-1)
+	for i := range d {
+		d[i] = s[i+1] - s[i]
+	}
+	return d
 }
 
 // EntropyBits estimates the information in s from its byte frequencies: a bound above what an attacker

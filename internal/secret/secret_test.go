@@ -21,8 +21,8 @@ func TestCheck(t *testing.T) {
 		{"base64url without padding", "5cMhyBpOS85UwFJiU8hf3g-zwqxgwXiEncip5LRG8qI", ""},
 		{"openssl rand -hex 32", "666ff95dfab79a2d87797e20625557a7fce69fb3c5a205b70adf653e9fb71602", ""},
 		{"devstack placeholder", "devstack-insecure-hmac-secret-change-me-0123456789", ""},
-		{"32 distinct bytes", "abcdefghijklmnopqrstuvwxyzABCDEF", ""},
-		{"binary", "\x00\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x0b\x0c\x0d\x0e\x0f\x10\x11\x12\x13\x14\x15\x16\x17\x18\x19\x1a\x1b\x1c\x1d\x1e\x1f", ""},
+		{"32 distinct bytes, shuffled", "qZkAbWmEx0rTcLp9vNfYh2sGjD7uKe4O", ""},
+		{"binary", "\x9c\x03\xe1\x5a\x77\x10\xc8\x2f\x41\xbd\x66\x08\xf3\x1e\x92\x5d\xa0\x34\xcb\x7e\x09\xee\x51\x83\x2a\xd7\x6c\x15\xb8\x40\xfa\x97", ""},
 		{"long passphrase", "correct horse battery staple, with extra words for length", ""},
 
 		// Too short.
@@ -48,6 +48,18 @@ func TestCheck(t *testing.T) {
 		{"mostly one byte", strings.Repeat("x", 100) + "abcdefgh", "too predictable"},
 		{"12 distinct, 32 bytes", strings.Repeat("abcdefghijkl", 2) + "abcdefgh", "repeats a 12-character pattern"},
 		{"12 distinct, not periodic", "abcdefghijkl" + strings.Repeat("a", 20), "too predictable"},
+
+		// A pattern repeated with a byte or two changed, added or cut: not periodic, and enough entropy
+		// by byte frequencies alone.
+		{"pattern and one more byte", strings.Repeat("abcdefghijklmnop", 2) + "q", "mostly repeats a 16-character pattern"},
+		{"one byte before the pattern", "x" + strings.Repeat("0123456789abcdef", 3), "mostly repeats a 16-character pattern"},
+		{"pattern with a typo", strings.Repeat("Qwertyuiop123456", 3)[:40] + "Z" + strings.Repeat("Qwertyuiop123456", 3)[41:], "mostly repeats a 16-character pattern"},
+
+		// Sequences: every byte differs, the differences do not.
+		{"alphabet", "abcdefghijklmnopqrstuvwxyz012345", "follows a regular sequence"},
+		{"alphabet, both cases", "abcdefghijklmnopqrstuvwxyzABCDEF", "follows a regular sequence"},
+		{"binary counter", "\x00\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x0b\x0c\x0d\x0e\x0f\x10\x11\x12\x13\x14\x15\x16\x17\x18\x19\x1a\x1b\x1c\x1d\x1e\x1f", "follows a regular sequence"},
+		{"every other letter", "acegikmoqsuwyACEGIKMOQSUWY02468!", "follows a regular sequence"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := Check([]byte(tc.s))

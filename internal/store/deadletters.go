@@ -147,6 +147,17 @@ type deadLetterDoc struct {
 }
 
 // headerPair is one stored header; the value stays bytes so a republish is byte-for-byte.
+// contentBytes is about what the entry weighs in a response: its byte fields count twice (REST sends them
+// base64, a third larger), its strings once, plus a margin for the fixed-size fields.
+func (d deadLetterDoc) contentBytes() int {
+	n := 2*(len(d.Key)+len(d.Payload)) + len(d.ID) + len(d.Seq) + len(d.OriginalTopic) + len(d.TenantID) +
+		len(d.Stage) + len(d.Error) + len(d.ErrorClass) + len(d.MessageID) + len(d.Note) + 128
+	for _, h := range d.Headers {
+		n += len(h.K) + 2*len(h.V)
+	}
+	return n
+}
+
 type headerPair struct {
 	K string `bson:"k"`
 	V []byte `bson:"v"`

@@ -87,9 +87,9 @@ func (r *DeadLetters) List(ctx context.Context, f DeadLetterFilter, pageSize int
 		return nil, "", fmt.Errorf("list dead letters: %w", err)
 	}
 	next := ""
-	if len(docs) > size {
-		docs = docs[:size]
-		next = encodePageToken(tokenDeadLetters, scope, docs[size-1].Seq)
+	if n := pageFit(min(len(docs), size), func(i int) int { return docs[i].contentBytes() }); n < len(docs) {
+		docs = docs[:n]
+		next = encodePageToken(tokenDeadLetters, scope, docs[n-1].Seq)
 	}
 	out := make([]DeadLetter, len(docs))
 	for i, d := range docs {

@@ -284,3 +284,37 @@ func TestDeadLetterStoreListPurgeAndStats(t *testing.T) {
 		t.Errorf("purged = %d, want 5", st.ByStatus[DeadLetterPurged])
 	}
 }
+
+// A page of dead letters ends early rather than carry more than MaxPageBytes of payloads, so the largest
+// entries (payloads near Kafka's 1 MB record limit) page through any client's message limit.
+func TestDeadLetterStoreListCapsPageBytes(t *testing.T) {
+	r, clock := newDeadLetters(t)
+	ctx := testCtx(t)
+	const n = 5
+	var dls []DeadLetter
+	for i := range n {
+		d := pendingDL(fmt.Sprintf("messages.inbound-0-%d-1", i), clock.Now())
+		d.Payload = make([]byte, 400<<10) // weighs 800 KiB: base64 in REST
+		dls = append(dls, d)
+	}
+	mustInsertDL(t, r, dls...)
+	var sizes []int
+	seen := map[string]bool{}
+	for token := ""; ; {
+		items, next, err := r.List(ctx, DeadLetterFilter{}, MaxPageSize, token)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sizes = append(sizes, len(items))
+		for _, d := range items {
+			seen[d.ID] = true
+		}
+		if next == "" {
+			break
+		}
+		token = next
+	}
+	if len(seen) != n || fmt.Sprint(sizes) != "[2 2 1]" {
+		t.Fatalf("pages of %v holding %d entries, want [2 2 1] holding %d", sizes, len(seen), n)
+	}
+}

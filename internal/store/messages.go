@@ -63,6 +63,19 @@ type messageDoc struct {
 	RequestID       string     `bson:"request_id,omitempty"`
 }
 
+// contentBytes is about what the message weighs in a response: its strings (the fixed-size fields add a
+// few dozen bytes, well inside MaxPageBytes' margin).
+func (d messageDoc) contentBytes() int {
+	n := len(d.ID) + len(d.TenantID) + len(d.ConversationID) + len(d.SenderID) + len(d.Body) + len(d.ClientMessageID) + len(d.RequestID) + 64
+	for _, p := range d.Metadata {
+		n += len(p.K) + len(p.V)
+	}
+	for _, m := range d.Mentions {
+		n += len(m)
+	}
+	return n
+}
+
 // metaPair is one metadata entry. Metadata is stored as an array of pairs, sorted by key, not as a
 // sub-document: its keys are the sender's, and field names with "." or a leading "$" are refused by some
 // servers (FerretDB, MongoDB before 5.0).
@@ -283,9 +296,9 @@ func (r *Messages) List(ctx context.Context, tenantID, conversationID string, pa
 		return nil, "", fmt.Errorf("list messages of conversation %s: %w", conversationID, err)
 	}
 	next := ""
-	if len(docs) > size {
-		docs = docs[:size]
-		next = encodePageToken(tokenMessages, scope, docs[size-1].ID)
+	if n := pageFit(min(len(docs), size), func(i int) int { return docs[i].contentBytes() }); n < len(docs) {
+		docs = docs[:n]
+		next = encodePageToken(tokenMessages, scope, docs[n-1].ID)
 	}
 	out := make([]Message, len(docs))
 	for i, d := range docs {

@@ -6,8 +6,11 @@ import (
 	"maps"
 	"reflect"
 	"slices"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/msgplatform/platform/internal/envelope"
 )
 
 func newMessages(tenant, conv string, n int) []Message {
@@ -229,5 +232,54 @@ func TestMessagesUpdateAndDelete(t *testing.T) {
 	}
 	if g, _ := s.Messages.Get(ctx, "t1", c.ID, m.ID); g.State != MessageDeleted {
 		t.Fatalf("redelivery resurrected it: %+v", g)
+	}
+}
+
+// A page of the largest messages stops at MaxPageBytes and continues on the next page: nothing is lost
+// or repeated, and no page's messages weigh more than the bound (so a gRPC client's default 4 MiB limit
+// holds every page).
+func TestMessagesListCapsPageBytes(t *testing.T) {
+	s, _ := newTestStore(t)
+	ctx := testCtx(t)
+	c := mustCreate(t, s, "t1", "alice")
+	body := strings.Repeat("x", envelope.MaxBodyBytes)
+	meta := map[string]string{}
+	for i := range envelope.MaxMetadata {
+		meta[fmt.Sprintf("%s%02d", strings.Repeat("k", envelope.MaxMetadataKey-2), i)] = strings.Repeat("v", envelope.MaxMetadataValue)
+	}
+	const n = 150
+	big := make([]Message, n)
+	for i := range big {
+		big[i] = Message{ID: newID(), TenantID: "t1", ConversationID: c.ID, SenderID: "alice", Body: body, Metadata: meta}
+	}
+	if _, _, err := s.Messages.InsertMany(ctx, big); err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	token, pages := "", 0
+	for {
+		ms, next, err := s.Messages.List(ctx, "t1", c.ID, MaxPageSize, token)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pages++
+		weight := 0
+		for _, m := range ms {
+			if seen[m.ID] {
+				t.Fatalf("page %d repeats %s", pages, m.ID)
+			}
+			seen[m.ID] = true
+			weight += len(m.Body) + envelope.MaxMetadata*(envelope.MaxMetadataKey+envelope.MaxMetadataValue)
+		}
+		if weight > MaxPageBytes {
+			t.Errorf("page %d: %d messages weigh %d bytes, over %d", pages, len(ms), weight, MaxPageBytes)
+		}
+		if next == "" {
+			break
+		}
+		token = next
+	}
+	if len(seen) != n || pages < 2 {
+		t.Fatalf("%d messages over %d pages, want all %d over more than one", len(seen), pages, n)
 	}
 }

@@ -15,6 +15,24 @@ const (
 	MaxPageSize     = 200
 )
 
+// MaxPageBytes bounds the content of one page (bodies, metadata, payloads, ids): a page ends early, with
+// a next-page token, rather than exceed it, so the largest legal page (200 messages of 16 KiB bodies and
+// full metadata would be 5 MB) stays well inside gRPC's default 4 MiB message limit on every client.
+const MaxPageBytes = 2 << 20
+
+// pageFit returns how many of the first n items fit one page: at most MaxPageBytes of content by size(i),
+// and always at least one (a single item is bounded by the limits of what can be stored).
+func pageFit(n int, size func(i int) int) int {
+	total := 0
+	for i := range n {
+		total += size(i)
+		if total > MaxPageBytes && i > 0 {
+			return i
+		}
+	}
+	return n
+}
+
 // PageSize returns the number of items a list returns for a requested page size: 0 (and, defensively,
 // a negative value, which the API layer rejects as INVALID_ARGUMENT before it gets here) means
 // DefaultPageSize; more than MaxPageSize is clamped to MaxPageSize.

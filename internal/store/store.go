@@ -3,6 +3,7 @@ package store
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -89,6 +90,10 @@ type indexSpec struct {
 	collection string
 	keys       bson.D
 	unique     bool
+	// ttl: a TTL index (expireAfterSeconds 0: a document goes once the time in its one key has passed).
+	// Housekeeping only, never relied on for correctness: a server without TTL indexes (FerretDB answers
+	// NotImplemented) gets none, and EnsureIndexes goes on.
+	ttl bool
 }
 
 // Indexes the repositories rely on. Changing the keys or options of an existing one needs a migration
@@ -102,6 +107,9 @@ var indexSpecs = []indexSpec{
 	{collection: MembershipsCollection, keys: bson.D{{Key: "tenant_id", Value: 1}, {Key: "user_id", Value: 1}, {Key: "conversation_id", Value: 1}}},
 	// Messages.List: newest first within a conversation, keyset by id.
 	{collection: MessagesCollection, keys: bson.D{{Key: "tenant_id", Value: 1}, {Key: "conversation_id", Value: 1}, {Key: "_id", Value: -1}}},
+	// Membership locks and takeover fences a crashed process left behind, removed once expired (a lock is
+	// found by _id alone; an expired one is taken over whether or not this index removed it).
+	{collection: MembershipLocksCollection, keys: bson.D{{Key: "expire_time", Value: 1}}, ttl: true},
 }
 
 // EnsureIndexes creates the indexes the repositories need and that the database does not have yet. On
@@ -133,8 +141,9 @@ func ensureIndexes(ctx context.Context, coll *mongo.Collection, specs []indexSpe
 		return fmt.Errorf("list indexes of %s: %w", coll.Name(), err)
 	}
 	var existing []struct {
-		Key    bson.Raw `bson:"key"`
-		Unique bool     `bson:"unique"`
+		Key                bson.Raw `bson:"key"`
+		Unique             bool     `bson:"unique"`
+		ExpireAfterSeconds *int64   `bson:"expireAfterSeconds"`
 	}
 	if err := cur.All(ctx, &existing); err != nil {
 		return fmt.Errorf("list indexes of %s: %w", coll.Name(), err)
@@ -146,7 +155,7 @@ func ensureIndexes(ctx context.Context, coll *mongo.Collection, specs []indexSpe
 		}
 		found := false
 		for _, e := range existing {
-			if bytes.Equal(e.Key, want) && e.Unique == spec.unique {
+			if bytes.Equal(e.Key, want) && e.Unique == spec.unique && (e.ExpireAfterSeconds != nil) == spec.ttl {
 				found = true
 				break
 			}
@@ -158,11 +167,24 @@ func ensureIndexes(ctx context.Context, coll *mongo.Collection, specs []indexSpe
 		if spec.unique {
 			model.Options = options.Index().SetUnique(true)
 		}
-		if _, err := coll.Indexes().CreateOne(ctx, model); err != nil {
+		if spec.ttl {
+			model.Options = options.Index().SetExpireAfterSeconds(0)
+		}
+		_, err = coll.Indexes().CreateOne(ctx, model)
+		if spec.ttl && isNotImplemented(err) {
+			continue // FerretDB: no TTL indexes (see indexSpec.ttl)
+		}
+		if err != nil {
 			return fmt.Errorf("ensure index %v on %s: %w", spec.keys, coll.Name(), err)
 		}
 	}
 	return nil
+}
+
+// isNotImplemented reports the server's NotImplemented (code 238): FerretDB's answer to a feature it lacks.
+func isNotImplemented(err error) bool {
+	var se mongo.ServerError
+	return errors.As(err, &se) && se.HasErrorCode(238)
 }
 
 // errMissing reports a required identifier the caller left empty; it is a programming error of the

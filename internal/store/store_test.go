@@ -273,6 +273,11 @@ func TestEnsureIndexesWarmStoreOnlyLists(t *testing.T) {
 	var mu sync.Mutex
 	commands := map[string]int{}
 	mon := &event.CommandMonitor{Started: func(_ context.Context, e *event.CommandStartedEvent) {
+		// FerretDB answers NotImplemented to the TTL index of the membership locks at every start (see
+		// indexSpec.ttl): a refused command that builds nothing, not counted.
+		if coll, _ := e.Command.Lookup("createIndexes").StringValueOK(); coll == MembershipLocksCollection {
+			return
+		}
 		mu.Lock()
 		commands[e.CommandName]++
 		mu.Unlock()
@@ -303,7 +308,7 @@ func TestEnsureIndexesWarmStoreOnlyLists(t *testing.T) {
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	if commands["createIndexes"] != 0 || commands["listIndexes"] != 4 {
+	if commands["createIndexes"] != 0 || commands["listIndexes"] != 5 {
 		t.Fatalf("warm store: %v; want only listIndexes, one per collection", commands)
 	}
 }
