@@ -38,9 +38,21 @@ third-party: $(BUF)
 	@for f in $(GOOGLE_PROTOS); do mkdir -p $(THIRD)/$$(dirname $$f); cp -f $(PROTO_SRC)/$$f $(THIRD)/$$f; done
 
 .PHONY: generate
-generate: tools ## regenerate gen/ (Go, gRPC, gateway, OpenAPI v2) from proto/
+# protoc-gen-openapiv3 writes one document per .proto file; openapiv3-merge joins them and openapigen adds
+# each operation's access rule (from internal/authz) and the bearer scheme, then embeds the result.
+generate: tools ## regenerate gen/ (Go, gRPC, gateway, OpenAPI v2 and v3) from proto/
 	rm -rf gen
 	$(BUF) generate
+	set -o pipefail; $(BIN)/openapiv3-merge $$(find gen/openapiv3/platform -name '*.openapi.json' | sort) | \
+	  $(GO) run ./internal/apidocs/openapigen -out gen/openapiv3
+	rm -rf gen/openapiv3/platform
+
+.PHONY: explorer-assets
+# The API explorer (GET /docs) embeds these files; they are committed so `go build` needs no npm.
+SWAGGER_UI_FILES := swagger-ui-bundle.js swagger-ui-bundle.js.LICENSE.txt swagger-ui.css favicon-32x32.png LICENSE NOTICE package.json
+explorer-assets: $(BUF) ## refresh internal/apidocs/swagger-ui/ from swagger-ui-dist as pinned in tools/package.json
+	rm -rf internal/apidocs/swagger-ui && mkdir -p internal/apidocs/swagger-ui
+	cd tools/node_modules/swagger-ui-dist && cp $(SWAGGER_UI_FILES) $(CURDIR)/internal/apidocs/swagger-ui/
 
 .PHONY: check-generated
 check-generated: generate ## fail when gen/ differs from what proto/ generates
@@ -76,7 +88,8 @@ build: ## build every binary of services/ (gateway, pipeline, devstack, token, l
 	CGO_ENABLED=0 $(GO) build -trimpath -o bin/ ./services/...
 
 .PHONY: test
-test: ## the whole test suite under the race detector (embedded Kafka and FerretDB, real redis-server)
+test: ## the whole test suite under the race detector (embedded Kafka and FerretDB; redis-server if installed)
+	@command -v redis-server >/dev/null || echo "note: redis-server is not on PATH: the tests use miniredis instead (CI=true requires the real one: apt-get install redis-server)"
 	$(GO) test $(TEST_FLAGS) ./...
 
 .PHONY: run

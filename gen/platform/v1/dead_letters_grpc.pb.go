@@ -33,7 +33,8 @@ const (
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
 // DeadLetterService lets operators find, inspect, replay and purge records that failed in the pipeline.
-// Requires the platform role `operator`; it works across tenants.
+// Requires the platform role `operator` (the dead letters of its own tenant only) or `platform_operator`
+// (every tenant's, and those of no tenant); every call is audited.
 type DeadLetterServiceClient interface {
 	// Lists dead letters matching the filter, newest first.
 	ListDeadLetters(ctx context.Context, in *ListDeadLettersRequest, opts ...grpc.CallOption) (*ListDeadLettersResponse, error)
@@ -135,7 +136,8 @@ func (c *deadLetterServiceClient) GetDeadLetterStats(ctx context.Context, in *Ge
 // for forward compatibility.
 //
 // DeadLetterService lets operators find, inspect, replay and purge records that failed in the pipeline.
-// Requires the platform role `operator`; it works across tenants.
+// Requires the platform role `operator` (the dead letters of its own tenant only) or `platform_operator`
+// (every tenant's, and those of no tenant); every call is audited.
 type DeadLetterServiceServer interface {
 	// Lists dead letters matching the filter, newest first.
 	ListDeadLetters(context.Context, *ListDeadLettersRequest) (*ListDeadLettersResponse, error)

@@ -845,6 +845,14 @@ type StreamMessagesRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The conversation to watch.
 	ConversationId string `protobuf:"bytes,1,opt,name=conversation_id,json=conversationId,proto3" json:"conversation_id,omitempty"`
+	// Resume point: replay the persisted messages after this message id (ascending, as
+	// EVENT_TYPE_MESSAGE_PERSISTED items carrying each message as it is now), then continue live, with no
+	// gap and no duplicate between the two. It must be a message of this conversation (INVALID_ARGUMENT
+	// otherwise). At most 1000 messages are replayed: with more after it the call fails with
+	// FAILED_PRECONDITION, and the client re-lists with ListMessages and resumes from the newest id listed.
+	// Edits and deletions of messages at or before the resume point made while disconnected are not
+	// replayed. Empty: live events only.
+	AfterMessageId string `protobuf:"bytes,2,opt,name=after_message_id,json=afterMessageId,proto3" json:"after_message_id,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
@@ -882,6 +890,13 @@ func (*StreamMessagesRequest) Descriptor() ([]byte, []int) {
 func (x *StreamMessagesRequest) GetConversationId() string {
 	if x != nil {
 		return x.ConversationId
+	}
+	return ""
+}
+
+func (x *StreamMessagesRequest) GetAfterMessageId() string {
+	if x != nil {
+		return x.AfterMessageId
 	}
 	return ""
 }
@@ -1012,9 +1027,10 @@ const file_platform_v1_messages_proto_rawDesc = "" +
 	"\n" +
 	"message_id\x18\x02 \x01(\tB\x03\xe0A\x02R\tmessageId\"G\n" +
 	"\x15DeleteMessageResponse\x12.\n" +
-	"\amessage\x18\x01 \x01(\v2\x14.platform.v1.MessageR\amessage\"E\n" +
+	"\amessage\x18\x01 \x01(\v2\x14.platform.v1.MessageR\amessage\"o\n" +
 	"\x15StreamMessagesRequest\x12,\n" +
-	"\x0fconversation_id\x18\x01 \x01(\tB\x03\xe0A\x02R\x0econversationId\"t\n" +
+	"\x0fconversation_id\x18\x01 \x01(\tB\x03\xe0A\x02R\x0econversationId\x12(\n" +
+	"\x10after_message_id\x18\x02 \x01(\tR\x0eafterMessageId\"t\n" +
 	"\x16StreamMessagesResponse\x12*\n" +
 	"\x04type\x18\x01 \x01(\x0e2\x16.platform.v1.EventTypeR\x04type\x12.\n" +
 	"\amessage\x18\x02 \x01(\v2\x14.platform.v1.MessageR\amessage*\x81\x01\n" +

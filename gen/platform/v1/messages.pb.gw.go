@@ -340,6 +340,8 @@ func local_request_MessageService_DeleteMessage_0(ctx context.Context, marshaler
 	return msg, metadata, err
 }
 
+var filter_MessageService_StreamMessages_0 = &utilities.DoubleArray{Encoding: map[string]int{"conversation_id": 0}, Base: []int{1, 1, 0}, Check: []int{0, 1, 2}}
+
 func request_MessageService_StreamMessages_0(ctx context.Context, marshaler runtime.Marshaler, client MessageServiceClient, req *http.Request, pathParams map[string]string) (MessageService_StreamMessagesClient, runtime.ServerMetadata, error) {
 	var (
 		protoReq StreamMessagesRequest
@@ -353,6 +355,12 @@ func request_MessageService_StreamMessages_0(ctx context.Context, marshaler runt
 	protoReq.ConversationId, err = runtime.String(val)
 	if err != nil {
 		return nil, metadata, status.Errorf(codes.InvalidArgument, "type mismatch, parameter: %s, error: %v", "conversation_id", err)
+	}
+	if err := req.ParseForm(); err != nil {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	if err := runtime.PopulateQueryParameters(&protoReq, req.Form, filter_MessageService_StreamMessages_0); err != nil {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "%v", err)
 	}
 	if req.Body != nil {
 		_, _ = io.Copy(io.Discard, req.Body)

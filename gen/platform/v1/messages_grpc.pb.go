@@ -45,8 +45,10 @@ type MessageServiceClient interface {
 	UpdateMessage(ctx context.Context, in *UpdateMessageRequest, opts ...grpc.CallOption) (*UpdateMessageResponse, error)
 	// Deletes a message (soft, leaving a tombstone). The author, or a conversation owner or admin.
 	DeleteMessage(ctx context.Context, in *DeleteMessageRequest, opts ...grpc.CallOption) (*DeleteMessageResponse, error)
-	// Streams the conversation's messages as they are persisted, edited and deleted, in order. Through REST
-	// it is newline-delimited JSON.
+	// Streams the conversation's messages as they are persisted, edited and deleted, in order. With
+	// after_message_id it first replays the persisted messages after that id. Through REST it is
+	// newline-delimited JSON, or server-sent events with `Accept: text/event-stream` (there the
+	// `Last-Event-ID` header resumes like after_message_id).
 	StreamMessages(ctx context.Context, in *StreamMessagesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[StreamMessagesResponse], error)
 }
 
@@ -145,8 +147,10 @@ type MessageServiceServer interface {
 	UpdateMessage(context.Context, *UpdateMessageRequest) (*UpdateMessageResponse, error)
 	// Deletes a message (soft, leaving a tombstone). The author, or a conversation owner or admin.
 	DeleteMessage(context.Context, *DeleteMessageRequest) (*DeleteMessageResponse, error)
-	// Streams the conversation's messages as they are persisted, edited and deleted, in order. Through REST
-	// it is newline-delimited JSON.
+	// Streams the conversation's messages as they are persisted, edited and deleted, in order. With
+	// after_message_id it first replays the persisted messages after that id. Through REST it is
+	// newline-delimited JSON, or server-sent events with `Accept: text/event-stream` (there the
+	// `Last-Event-ID` header resumes like after_message_id).
 	StreamMessages(*StreamMessagesRequest, grpc.ServerStreamingServer[StreamMessagesResponse]) error
 	mustEmbedUnimplementedMessageServiceServer()
 }
