@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"time"
@@ -15,9 +16,10 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	platformv1 "github.com/msgplatform/platform/gen/platform/v1"
+	"github.com/msgplatform/platform/internal/audit"
 	"github.com/msgplatform/platform/internal/auth"
+	"github.com/msgplatform/platform/internal/authz"
 	"github.com/msgplatform/platform/internal/dlq"
-	"github.com/msgplatform/platform/internal/requestid"
 	"github.com/msgplatform/platform/internal/store"
 )
 
@@ -43,8 +45,12 @@ type DeadLetterDeps struct {
 	Now     func() time.Time // nil: time.Now
 }
 
-// DeadLetters implements platform.v1.DeadLetterService. The access interceptor already required the
-// operator role (dlq.read / dlq.write); it works across tenants. Every write is logged with the operator.
+// DeadLetters implements platform.v1.DeadLetterService. The access interceptor already required an
+// operator role (dlq.read / dlq.write); the handlers confine `operator` to the dead letters of its own
+// tenant (another tenant's entry, or one of no tenant, is NOT_FOUND like an unknown id) and let
+// `platform_operator` reach every tenant (authz.ReachesAllTenants). Every call is recorded by the audit
+// interceptor; the handlers add what only they know (whose entry it was, how many a purge removed) with
+// audit.Add.
 type DeadLetters struct {
 	platformv1.UnimplementedDeadLetterServiceServer
 	d DeadLetterDeps
@@ -72,10 +78,18 @@ func (s *DeadLetters) ListDeadLetters(ctx context.Context, req *platformv1.ListD
 	if err := v.err(); err != nil {
 		return nil, err
 	}
+	scope, err := dlqScope(ctx, authz.DLQRead)
+	if err != nil {
+		return nil, err
+	}
+	if err := scope.filter(ctx, &f); err != nil {
+		return nil, err
+	}
 	items, next, err := s.d.Store.List(ctx, f, size, req.GetPageToken())
 	if err != nil {
 		return nil, storeError(ctx, s.d.Logger, "dead letters", err)
 	}
+	audit.Add(ctx, slog.Int("listed", len(items)))
 	out := make([]*platformv1.DeadLetter, len(items))
 	for i, d := range items {
 		out[i] = deadLetterProto(d)
@@ -88,7 +102,11 @@ func (s *DeadLetters) GetDeadLetter(ctx context.Context, req *platformv1.GetDead
 	if err := validDeadLetterID(req.GetId()); err != nil {
 		return nil, err
 	}
-	d, err := s.d.Store.Get(ctx, req.GetId())
+	scope, err := dlqScope(ctx, authz.DLQRead)
+	if err != nil {
+		return nil, err
+	}
+	d, err := s.get(ctx, scope, req.GetId())
 	if err != nil {
 		return nil, storeError(ctx, s.d.Logger, "dead letter "+req.GetId(), err)
 	}
@@ -100,18 +118,22 @@ func (s *DeadLetters) RetryDeadLetter(ctx context.Context, req *platformv1.Retry
 	if err := validDeadLetterID(req.GetId()); err != nil {
 		return nil, err
 	}
-	p, err := principal(ctx)
+	scope, err := dlqScope(ctx, authz.DLQWrite)
 	if err != nil {
 		return nil, err
 	}
 	id := req.GetId()
-	d, err := s.d.Retrier.RetryNow(ctx, id, actor(p))
+	if scope.tenant != "" {
+		// The tenant of an entry never changes, so checking it before the retry is enough.
+		if _, err := s.get(ctx, scope, id); err != nil {
+			return nil, s.retryError(ctx, id, err)
+		}
+	}
+	d, err := s.d.Retrier.RetryNow(ctx, id, actor(scope.p))
 	if err != nil {
-		s.audit(ctx, p, "retry dead letter", "id", id, "result", "error", "error", err)
 		return nil, s.retryError(ctx, id, err)
 	}
-	s.audit(ctx, p, "retry dead letter", "id", id, "result", "republished", "topic", d.OriginalTopic,
-		"tenant_id", d.TenantID, "attempts", d.Attempts)
+	audit.Add(ctx, slog.String("topic", d.OriginalTopic), slog.Int("attempts", d.Attempts))
 	return &platformv1.RetryDeadLetterResponse{DeadLetter: deadLetterProto(d)}, nil
 }
 
@@ -126,20 +148,22 @@ func (s *DeadLetters) RetryDeadLetters(ctx context.Context, req *platformv1.Retr
 	if err := v.err(); err != nil {
 		return nil, err
 	}
-	p, err := principal(ctx)
+	scope, err := dlqScope(ctx, authz.DLQWrite)
 	if err != nil {
 		return nil, err
 	}
-	n, err := s.d.Retrier.RetryMatching(ctx, f, actor(p))
+	if err := scope.filter(ctx, &f); err != nil {
+		return nil, err
+	}
+	n, err := s.d.Retrier.RetryMatching(ctx, f, actor(scope.p))
+	audit.Add(ctx, slog.Int64("requeued", n))
 	if err != nil {
-		s.audit(ctx, p, "retry dead letters by filter", "filter", filterAttrs(f), "requeued", n, "result", "error", "error", err)
 		if errors.Is(err, dlq.ErrRepublish) {
 			return nil, status.Errorf(codes.Unavailable,
 				"%d dead letters requeued, others could not be republished (Kafka unavailable); call again to requeue the rest", n)
 		}
 		return nil, storeError(ctx, s.d.Logger, "dead letters", err)
 	}
-	s.audit(ctx, p, "retry dead letters by filter", "filter", filterAttrs(f), "requeued", n, "result", "ok")
 	return &platformv1.RetryDeadLettersResponse{RequeuedCount: n}, nil
 }
 
@@ -149,27 +173,27 @@ func (s *DeadLetters) PurgeDeadLetter(ctx context.Context, req *platformv1.Purge
 	if err := validDeadLetterID(req.GetId()); err != nil {
 		return nil, err
 	}
-	p, err := principal(ctx)
+	scope, err := dlqScope(ctx, authz.DLQWrite)
 	if err != nil {
 		return nil, err
 	}
 	id := req.GetId()
-	d, purged, err := s.d.Store.Purge(ctx, id, actor(p))
+	if scope.tenant != "" {
+		if _, err := s.get(ctx, scope, id); err != nil {
+			return nil, storeError(ctx, s.d.Logger, "dead letter "+id, err)
+		}
+	}
+	_, purged, err := s.d.Store.Purge(ctx, id, actor(scope.p))
 	if err != nil {
-		s.audit(ctx, p, "purge dead letter", "id", id, "result", "error", "error", err)
 		if errors.Is(err, store.ErrDeadLetterBusy) || errors.Is(err, store.ErrConflict) {
 			return nil, status.Errorf(codes.Aborted, "dead letter %s is being retried right now; try again", id)
 		}
 		return nil, storeError(ctx, s.d.Logger, "dead letter "+id, err)
 	}
-	result := "already purged"
-	if purged {
-		result = "purged"
-		if s.d.Metrics != nil {
-			s.d.Metrics.Purged.Inc()
-		}
+	if purged && s.d.Metrics != nil {
+		s.d.Metrics.Purged.Inc()
 	}
-	s.audit(ctx, p, "purge dead letter", "id", id, "result", result, "tenant_id", d.TenantID, "stage", d.Stage)
+	audit.Add(ctx, slog.Bool("already_purged", !purged))
 	return &platformv1.PurgeDeadLetterResponse{}, nil
 }
 
@@ -186,19 +210,22 @@ func (s *DeadLetters) PurgeDeadLetters(ctx context.Context, req *platformv1.Purg
 	if err := v.err(); err != nil {
 		return nil, err
 	}
-	p, err := principal(ctx)
+	scope, err := dlqScope(ctx, authz.DLQWrite)
 	if err != nil {
 		return nil, err
 	}
-	n, err := s.d.Store.PurgeMatching(ctx, f, actor(p))
+	// After the checks above: all=true of an operator purges every dead letter of its tenant.
+	if err := scope.filter(ctx, &f); err != nil {
+		return nil, err
+	}
+	n, err := s.d.Store.PurgeMatching(ctx, f, actor(scope.p))
 	if err != nil {
-		s.audit(ctx, p, "purge dead letters", "filter", filterAttrs(f), "all", req.GetAll(), "result", "error", "error", err)
 		return nil, storeError(ctx, s.d.Logger, "dead letters", err)
 	}
 	if s.d.Metrics != nil {
 		s.d.Metrics.Purged.Add(float64(n))
 	}
-	s.audit(ctx, p, "purge dead letters", "filter", filterAttrs(f), "all", req.GetAll(), "purged", n, "result", "ok")
+	audit.Add(ctx, slog.Int64("purged", n))
 	return &platformv1.PurgeDeadLettersResponse{PurgedCount: n}, nil
 }
 
@@ -209,7 +236,17 @@ func (s *DeadLetters) GetDeadLetterStats(ctx context.Context, req *platformv1.Ge
 	if err := v.err(); err != nil {
 		return nil, err
 	}
-	st, err := s.d.Store.Stats(ctx, req.GetTenantId())
+	scope, err := dlqScope(ctx, authz.DLQRead)
+	if err != nil {
+		return nil, err
+	}
+	// Stats are per tenant for an operator (its own, with or without tenant_id); platform_operator counts
+	// one tenant or, without tenant_id, every entry, those of no tenant included.
+	f := store.DeadLetterFilter{TenantID: req.GetTenantId()}
+	if err := scope.filter(ctx, &f); err != nil {
+		return nil, err
+	}
+	st, err := s.d.Store.Stats(ctx, f.TenantID)
 	if err != nil {
 		return nil, storeError(ctx, s.d.Logger, "dead letter stats", err)
 	}
@@ -255,10 +292,63 @@ func (s *DeadLetters) retryError(ctx context.Context, id string, err error) erro
 	}
 }
 
-// audit logs an operator's action with who did it.
-func (s *DeadLetters) audit(ctx context.Context, p auth.Principal, action string, attrs ...any) {
-	attrs = append([]any{"action", action, "operator", p.Subject, "operator_tenant", p.TenantID, "request_id", requestid.From(ctx)}, attrs...)
-	s.d.Logger.InfoContext(ctx, "dlq admin action", attrs...)
+// scope is how far a dead-letter call reaches: the caller, and the one tenant it is confined to ("" when
+// it reaches every tenant).
+type scope struct {
+	p      auth.Principal
+	tenant string
+}
+
+// dlqScope returns the scope of the caller of a call needing perm: every tenant when one of its roles
+// reaches all (platform_operator), else its own tenant (operator).
+func dlqScope(ctx context.Context, perm authz.Permission) (scope, error) {
+	p, err := principal(ctx)
+	if err != nil {
+		return scope{}, err
+	}
+	if authz.ReachesAllTenants(p.Roles, perm) {
+		audit.Add(ctx, slog.String("scope", "all tenants"))
+		return scope{p: p}, nil
+	}
+	if p.TenantID == "" {
+		// Never confine to "": an empty tenant filter matches every tenant.
+		return scope{}, status.Error(codes.PermissionDenied, "a tenant operator's token must name its tenant")
+	}
+	audit.Add(ctx, slog.String("scope", "tenant "+p.TenantID))
+	return scope{p: p, tenant: p.TenantID}, nil
+}
+
+// filter confines f to the scope's tenant: without a tenant_id, an operator's filter (list, stats, retry
+// and purge by filter, purge all) takes its own tenant. Naming another tenant is PERMISSION_DENIED: it
+// reveals nothing about that tenant's entries (the answer is the same whether it has any), and an
+// operator is not left wondering why the list is empty.
+func (sc scope) filter(ctx context.Context, f *store.DeadLetterFilter) error {
+	if sc.tenant != "" {
+		if f.TenantID != "" && f.TenantID != sc.tenant {
+			return status.Errorf(codes.PermissionDenied,
+				"role %s reaches only the dead letters of its own tenant %s; %s reaches every tenant",
+				authz.PlatformOperator, sc.tenant, authz.PlatformGlobalOperator)
+		}
+		f.TenantID = sc.tenant
+	}
+	audit.Add(ctx, slog.Attr{Key: "filter", Value: filterAttrs(*f)})
+	return nil
+}
+
+// get returns the entry id if the scope reaches it; an entry of another tenant (or of none) is
+// store.ErrNotFound, exactly like an unknown id, so its existence never leaks.
+func (s *DeadLetters) get(ctx context.Context, sc scope, id string) (store.DeadLetter, error) {
+	d, err := s.d.Store.Get(ctx, id)
+	if err != nil {
+		return store.DeadLetter{}, err
+	}
+	if sc.tenant != "" && d.TenantID != sc.tenant {
+		// The caller gets NOT_FOUND; the audit trail (never shown to callers) says whose entry it was.
+		audit.Add(ctx, slog.String("dead_letter_tenant", d.TenantID), slog.Bool("out_of_scope", true))
+		return store.DeadLetter{}, fmt.Errorf("dead letter %s of another tenant: %w", id, store.ErrNotFound)
+	}
+	audit.Add(ctx, slog.String("dead_letter_tenant", d.TenantID), slog.String("stage", d.Stage))
+	return d, nil
 }
 
 // actor is how an operator is recorded on the entries they change.

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"strings"
 	"sync"
@@ -51,12 +52,20 @@ type gateway struct {
 // the test ends.
 func startGateway(t *testing.T, kafkaAddr string, roles app.Roles) *gateway {
 	t.Helper()
+	return startGatewayWith(t, kafkaAddr, roles, nil)
+}
+
+// startGatewayWith is startGateway with more configuration: vars override the test defaults.
+func startGatewayWith(t *testing.T, kafkaAddr string, roles app.Roles, vars map[string]string) *gateway {
+	t.Helper()
 	mongoURI := testenv.SharedMongo(t)
 	db := testenv.MongoDatabase(t, mongoURI)
-	cfg := testenv.Config(t, map[string]string{
+	env := map[string]string{
 		"KAFKA_BROKERS": kafkaAddr, "MONGO_URI": mongoURI, "MONGO_DATABASE": db, "REDIS_URL": testenv.Redis(t),
 		"KAFKA_PRODUCE_TIMEOUT": "2s",
-	})
+	}
+	maps.Copy(env, vars)
+	cfg := testenv.Config(t, env)
 	logs := &lockedBuf{}
 	p := apptest.Start(t, cfg, roles, slog.New(slog.NewTextHandler(logs, nil)))
 	t.Cleanup(func() {

@@ -9,6 +9,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -37,6 +38,7 @@ type Messages struct {
 	sendKeys *SendKeys
 	hub      *stream.Hub
 	authz    *authz.Authorizer
+	streams  *streamSlots
 }
 
 // NewMessages returns the MessageService handler: SendMessage produces with producer, signing with keys.
@@ -44,7 +46,8 @@ func NewMessages(d Deps, producer Producer, keys *envelope.Keys, sendKeys *SendK
 	if d.Now == nil {
 		d.Now = time.Now
 	}
-	return &Messages{Deps: d, producer: producer, keys: keys, sendKeys: sendKeys, hub: hub, authz: authorizer}
+	return &Messages{Deps: d, producer: producer, keys: keys, sendKeys: sendKeys, hub: hub, authz: authorizer,
+		streams: newStreamSlots(d.MaxStreamsPerPrincipal)}
 }
 
 func validBody(v *violations, field, body string) {
@@ -241,7 +244,8 @@ func (s *Messages) DeleteMessage(ctx context.Context, req *platformv1.DeleteMess
 	return &platformv1.DeleteMessageResponse{Message: out}, nil
 }
 
-// StreamMessages sends the conversation's message events as they happen. The caller's right to read is
+// StreamMessages sends the conversation's message events as they happen, after replaying the persisted
+// messages after req.after_message_id when it is set (see loadReplay). The caller's right to read is
 // checked again before every message (through the membership cache), so a member removed mid-stream
 // stops receiving at once; its own removal event ends the stream with PERMISSION_DENIED.
 func (s *Messages) StreamMessages(req *platformv1.StreamMessagesRequest, srv grpc.ServerStreamingServer[platformv1.StreamMessagesResponse]) error {
@@ -250,10 +254,25 @@ func (s *Messages) StreamMessages(req *platformv1.StreamMessagesRequest, srv grp
 	if err != nil {
 		return err
 	}
+	release, err := s.streams.acquire(p)
+	if err != nil {
+		return err
+	}
+	defer release()
+	// Subscribe first, then read the replay: whatever is persisted in between is in one or both, and
+	// the replay drops the live events it covers, so there is no gap and no duplicate.
 	sub := s.hub.Subscribe(p.TenantID, req.GetConversationId())
 	defer sub.Close()
-	// Send headers now so REST clients (curl -N) see the response start before the first message.
-	if err := srv.SendHeader(nil); err != nil {
+	replayed, err := s.loadReplay(ctx, p, req)
+	if err != nil {
+		return err
+	}
+	// Send headers now so REST clients (curl -N) see the response start before the first message; the
+	// REST gateway starts its HTTP response on StreamStartedHeader.
+	if err := srv.SendHeader(metadata.Pairs(StreamStartedHeader, "true")); err != nil {
+		return err
+	}
+	if err := replayed.send(srv); err != nil {
 		return err
 	}
 	for {
@@ -266,6 +285,9 @@ func (s *Messages) StreamMessages(req *platformv1.StreamMessagesRequest, srv grp
 					return status.Error(codes.ResourceExhausted, "stream fell behind; reconnect")
 				}
 				return status.Error(codes.Unavailable, "server shutting down; reconnect")
+			}
+			if replayed.covers(ev) {
+				continue
 			}
 			if err := s.forward(ctx, p, ev, srv); err != nil {
 				return err

@@ -22,6 +22,7 @@ import (
 	"go.mongodb.org/mongo-driver/v2/mongo/writeconcern"
 
 	"github.com/msgplatform/platform/internal/api"
+	"github.com/msgplatform/platform/internal/audit"
 	"github.com/msgplatform/platform/internal/auth"
 	"github.com/msgplatform/platform/internal/authz"
 	"github.com/msgplatform/platform/internal/config"
@@ -33,8 +34,10 @@ import (
 	"github.com/msgplatform/platform/internal/lifecycle"
 	"github.com/msgplatform/platform/internal/observability"
 	"github.com/msgplatform/platform/internal/pipeline"
+	"github.com/msgplatform/platform/internal/ratelimit"
 	"github.com/msgplatform/platform/internal/store"
 	"github.com/msgplatform/platform/internal/stream"
+	"github.com/msgplatform/platform/internal/tlsconfig"
 	"github.com/msgplatform/platform/internal/watchers"
 )
 
@@ -129,6 +132,9 @@ func Run(ctx context.Context, cfg config.Config, logger *slog.Logger, roles Role
 		g.Add("health and metrics listeners", ops.serve)
 		addrs = Addresses{HTTP: ops.health.Addr().String(), Metrics: ops.metrics.Addr().String()}
 	}
+	if c.tls.Watching() {
+		g.Add("tls reloads", tlsReloads(c.tls))
+	}
 	// The membership cache's invalidation subscription enables its in-process layer.
 	g.Add("membership invalidations", func(ctx context.Context) error { c.members.Run(ctx); return nil })
 	g.Add("health checks", func(ctx context.Context) error { c.checker.Run(ctx); return nil })
@@ -153,10 +159,16 @@ type core struct {
 	authorizer  *authz.Authorizer
 	dlqMetrics  *dlq.Metrics
 	checker     *health.Checker
+	// tls loads and reloads the certificates of the listeners and Kafka clients (when configured).
+	tls *tlsconfig.Reloader
 }
 
 func openCore(ctx context.Context, cfg config.Config, logger *slog.Logger) (c *core, err error) {
-	cl, err := openClients(ctx, cfg, logger)
+	tlsr, err := tlsconfig.New(nil, logger)
+	if err != nil {
+		return nil, err
+	}
+	cl, err := openClients(ctx, cfg, logger, tlsr)
 	if err != nil {
 		return nil, err
 	}
@@ -165,8 +177,8 @@ func openCore(ctx context.Context, cfg config.Config, logger *slog.Logger) (c *c
 			_ = cl.close(context.Background())
 		}
 	}()
-	c = &core{cfg: cfg, logger: logger, reg: observability.NewRegistry(), clients: cl}
-	for _, col := range cl.collectors() {
+	c = &core{cfg: cfg, logger: logger, reg: observability.NewRegistry(), clients: cl, tls: tlsr}
+	for _, col := range append(cl.collectors(), tlsr) {
 		if err := c.reg.Register(col); err != nil {
 			return nil, fmt.Errorf("register client metrics: %w", err)
 		}
@@ -197,17 +209,29 @@ func openCore(ctx context.Context, cfg config.Config, logger *slog.Logger) (c *c
 
 // gatewayParts are the gateway role's parts.
 type gatewayParts struct {
-	server *gateway.Server
-	hub    *stream.Hub
+	server  *gateway.Server
+	hub     *stream.Hub
+	limiter *ratelimit.Limiter // nil when no quota is set
 }
 
 func newGateway(ctx context.Context, c *core) (*gatewayParts, error) {
 	cfg := c.cfg
 	verifier, err := auth.NewVerifier(auth.Config{
 		HMACSecret: []byte(cfg.AuthHMACSecret), JWKSFile: cfg.AuthJWKSFile, Issuer: cfg.AuthIssuer, Audience: cfg.AuthAudience,
+		MaxTokenTTL: cfg.AuthMaxTokenTTL,
 	})
 	if err != nil {
 		return nil, err
+	}
+	ltls, err := loadListenerTLS(cfg, c.tls)
+	if err != nil {
+		return nil, err
+	}
+	// The audit trail: one event per mutation and per operator call, granted or refused, written through
+	// the process's logger whatever LOG_LEVEL (msg=audit component=audit audit=true), and counted.
+	recorder := audit.New(c.logger)
+	if err := recorder.Register(c.reg); err != nil {
+		return nil, fmt.Errorf("register audit metrics: %w", err)
 	}
 	producer, err := c.clients.producer("gateway")
 	if err != nil {
@@ -221,11 +245,22 @@ func newGateway(ctx context.Context, c *core) (*gatewayParts, error) {
 	if err != nil {
 		return nil, fmt.Errorf("stream hub: %w", err)
 	}
+	limiter, err := newLimiter(c)
+	if err != nil {
+		hub.Close()
+		return nil, err
+	}
+	var quota gateway.Interceptors // a nil *ratelimit.Limiter in it would not be a nil interface
+	if limiter != nil {
+		quota = limiter
+	}
 	deps := api.Deps{Store: c.store, Members: c.members, Events: publisher, Logger: c.logger,
-		Active: convcache.New(convcache.DefaultTTL, 0)}
+		Active: convcache.New(convcache.DefaultTTL, 0), MaxStreamsPerPrincipal: cfg.StreamMaxPerPrincipal}
 	server, err := gateway.New(ctx, gateway.Options{
 		GRPCAddr: cfg.GRPCAddr, HTTPAddr: cfg.HTTPAddr, MetricsAddr: cfg.MetricsAddr, ShutdownTimeout: cfg.ShutdownTimeout,
 		Logger: c.logger, Registry: c.reg, Checker: c.checker, Verifier: verifier, Authorizer: c.authorizer,
+		GRPCTLS: ltls.grpc, HTTPTLS: ltls.http, InternalTLS: ltls.internal,
+		Quota: quota, Audit: recorder, StreamKeepAlive: cfg.StreamKeepAlive,
 		Services: gateway.Services{
 			Conversations: api.NewConversations(deps),
 			Messages:      api.NewMessages(deps, producer, cfg.KafkaSigningKeys, api.NewSendKeys(c.clients.redis), hub, c.authorizer),
@@ -239,14 +274,33 @@ func newGateway(ctx context.Context, c *core) (*gatewayParts, error) {
 	})
 	if err != nil {
 		hub.Close()
+		if limiter != nil {
+			_ = limiter.Close()
+		}
 		return nil, err
 	}
-	return &gatewayParts{server: server, hub: hub}, nil
+	return &gatewayParts{server: server, hub: hub, limiter: limiter}, nil
+}
+
+// newLimiter returns the quotas (RATE_LIMIT_*) kept in the process's Redis, or nil when none is set.
+func newLimiter(c *core) (*ratelimit.Limiter, error) {
+	rl := c.cfg.RateLimit
+	cfg := ratelimit.Config{
+		Principal: ratelimit.Limit{Rate: rl.PrincipalRPS, Burst: rl.PrincipalBurst},
+		Tenant:    ratelimit.Limit{Rate: rl.TenantRPS, Burst: rl.TenantBurst},
+	}
+	if !cfg.Enabled() {
+		return nil, nil
+	}
+	return ratelimit.NewForClient(c.clients.redis, cfg, c.reg, c.logger)
 }
 
 func (g *gatewayParts) close() {
 	g.server.Close()
 	g.hub.Close()
+	if g.limiter != nil {
+		_ = g.limiter.Close()
+	}
 }
 
 // pipelineParts are the pipeline role's parts.
@@ -369,6 +423,9 @@ func listenOps(cfg config.Config, c *core) (*ops, error) {
 	if err != nil {
 		return nil, fmt.Errorf("HTTP_ADDR %s: %w", cfg.HTTPAddr, err)
 	}
+	if h, err = opsHTTPTLS(h, cfg, c.tls); err != nil {
+		return nil, err
+	}
 	m, err := net.Listen("tcp", cfg.MetricsAddr)
 	if err != nil {
 		_ = h.Close()
@@ -378,7 +435,7 @@ func listenOps(cfg config.Config, c *core) (*ops, error) {
 }
 
 func (o *ops) serve(ctx context.Context) error {
-	health := &http.Server{Handler: health.HTTPHandler(o.c.checker), ReadHeaderTimeout: 10 * time.Second}
+	health := &http.Server{Handler: health.HTTPHandler(o.c.checker, nil), ReadHeaderTimeout: 10 * time.Second}
 	metrics := &http.Server{Handler: observability.MetricsHandler(o.c.reg), ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 1)
 	go func() { errc <- lifecycle.ServeHTTP(ctx, metrics, o.metrics, time.Second) }()

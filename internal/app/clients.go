@@ -16,6 +16,7 @@ import (
 	"github.com/msgplatform/platform/internal/health"
 	"github.com/msgplatform/platform/internal/kafka"
 	"github.com/msgplatform/platform/internal/store"
+	"github.com/msgplatform/platform/internal/tlsconfig"
 )
 
 // connectTimeout bounds the wait for MongoDB at start-up.
@@ -43,7 +44,7 @@ type clients struct {
 
 // openClients connects to MongoDB (waiting up to connectTimeout), Redis and Kafka (both lazily: their
 // state shows in health).
-func openClients(ctx context.Context, cfg config.Config, logger *slog.Logger) (*clients, error) {
+func openClients(ctx context.Context, cfg config.Config, logger *slog.Logger, tlsr *tlsconfig.Reloader) (*clients, error) {
 	if err := cfg.RequireExternal(); err != nil {
 		return nil, err
 	}
@@ -51,7 +52,10 @@ func openClients(ctx context.Context, cfg config.Config, logger *slog.Logger) (*
 	if err != nil {
 		return nil, fmt.Errorf("REDIS_URL: %w", err)
 	}
-	conn := []kgo.Opt{kgo.SeedBrokers(cfg.KafkaBrokers...)}
+	conn, err := kafkaConn(cfg, tlsr)
+	if err != nil {
+		return nil, err
+	}
 	admin, err := kgo.NewClient(append(conn, kgo.ClientID("platform-admin"))...)
 	if err != nil {
 		return nil, fmt.Errorf("kafka client for %v: %w", cfg.KafkaBrokers, err)

@@ -53,7 +53,7 @@ var importRules = []struct {
 
 // libraries are the packages that do one job each and are wired by app: everything but the composition
 // root, the devstack, the tools (loadgen, benchmarks) and the test helpers.
-var libraries = []string{"internal/api", "internal/auth", "internal/authz", "internal/dlq", "internal/envelope", "internal/events",
+var libraries = []string{"internal/api", "internal/apidocs", "internal/audit", "internal/auth", "internal/authz", "internal/dlq", "internal/envelope", "internal/events",
 	"internal/gateway", "internal/health", "internal/kafka", "internal/lifecycle", "internal/observability", "internal/pipeline",
 	"internal/protoconv", "internal/requestid", "internal/secret", "internal/store/...", "internal/stream", "internal/ttlcache",
 	"internal/watchers", "internal/embedded"}

@@ -61,6 +61,8 @@ type Config struct {
 	RateLimit RateLimit
 	// StreamMaxPerPrincipal caps the live StreamMessages one principal holds open at once, per gateway.
 	StreamMaxPerPrincipal int
+	// StreamKeepAlive is the period of the keep-alive comment of REST server-sent event streams.
+	StreamKeepAlive time.Duration
 
 	// TLS of the gRPC and HTTP listeners (GRPC_TLS_*, HTTP_TLS_*) and of the Kafka clients (KAFKA_TLS_*,
 	// KAFKA_SASL_*). MongoDB and Redis take theirs from their URIs (tls=true, rediss://).
@@ -154,8 +156,8 @@ type Var struct {
 	Help    string
 }
 
-// Vars lists every variable Load reads, in README order. The compose test checks docker-compose.yml
-// against it, and the README's configuration table is written from it.
+// Vars lists every variable Load reads, in the order of the configuration table of docs/operations.md.
+// The compose test checks docker-compose.yml against it, and that table is written from it.
 var Vars = []Var{
 	{"GRPC_ADDR", ":9090", "gRPC listen address (platform.v1 services, grpc.health.v1, reflection)"},
 	{"HTTP_ADDR", ":8080", "REST (grpc-gateway) listen address, with /healthz and /readyz"},
@@ -165,12 +167,12 @@ var Vars = []Var{
 	{"KAFKA_SIGNING_KEYS", "", "record signing keys, `kid=secret[,kid2=secret2…]` (secrets of at least 32 random bytes): the first signs, all verify; required outside devstack, which makes its own"},
 	{"KAFKA_SESSION_TIMEOUT", "45s", "consumer groups: a member not heard from for this long (a crashed process) is dropped and its partitions move to the others"},
 	{"PIPELINE_STALL_AFTER", "30s", "a messages.inbound partition with records waiting and no commit for this long makes the `pipeline` dependency DEGRADED in /v1/health"},
-	{"MONGO_URI", "", "MongoDB connection string; required outside devstack"},
+	{"MONGO_URI", "", "MongoDB connection string (TLS through its options: tls=true, tlsCAFile, tlsCertificateKeyFile); required outside devstack"},
 	{"MONGO_DATABASE", "platform", "MongoDB database name"},
 	{"MONGO_BREAKER_FAILURE_RATIO", "0.5", "share of failing MongoDB calls (transient errors, at least 10 calls in 10 s) that opens the circuit breaker"},
 	{"MONGO_BREAKER_COOLDOWN", "5s", "how long the open circuit fails calls fast before letting a probe through"},
 	{"MONGO_WRITE_CONCERN", "majority", "write concern of the pipeline's message inserts: majority or a number of nodes (FerretDB ignores it)"},
-	{"REDIS_URL", "", "Redis URL (redis://[:password@]host:port/db); required outside devstack"},
+	{"REDIS_URL", "", "Redis URL (redis://[:password@]host:port/db, rediss:// for TLS); required outside devstack"},
 	{"AUTH_HMAC_SECRET", "", "HS256 secret for bearer JWTs (at least 32 bytes)"},
 	{"AUTH_JWKS_FILE", "", "path of a JWKS file with RS256/ES256 public keys"},
 	{"AUTH_ISSUER", "", "required JWT `iss` when set"},
@@ -181,17 +183,18 @@ var Vars = []Var{
 	{"RATE_LIMIT_TENANT_RPS", "2000", "quota of one tenant (all its principals), in cost units per second; 0 disables"},
 	{"RATE_LIMIT_TENANT_BURST", "4000", "burst of the tenant quota, in cost units"},
 	{"STREAM_MAX_PER_PRINCIPAL", "16", "live StreamMessages one principal may hold open on one gateway; more are RESOURCE_EXHAUSTED"},
+	{"STREAM_KEEPALIVE", "15s", "REST server-sent event streams: period of the `: keep-alive` comment a quiet stream sends, so proxies do not time it out"},
 	{"GRPC_TLS_CERT_FILE", "", "PEM certificate (chain) of the gRPC listener; TLS when set (reloaded when the file changes or on SIGHUP)"},
 	{"GRPC_TLS_KEY_FILE", "", "PEM private key of GRPC_TLS_CERT_FILE"},
 	{"GRPC_TLS_CLIENT_CA_FILE", "", "PEM CA bundle: when set, gRPC clients must present a certificate it signed (mutual TLS)"},
-	{"HTTP_TLS_CERT_FILE", "", "PEM certificate (chain) of the HTTP listener (REST, /healthz, /readyz); TLS when set"},
+	{"HTTP_TLS_CERT_FILE", "", "PEM certificate (chain) of the HTTP listener (REST, /healthz, /readyz); TLS when set (reloaded when the file changes or on SIGHUP)"},
 	{"HTTP_TLS_KEY_FILE", "", "PEM private key of HTTP_TLS_CERT_FILE"},
 	{"HTTP_TLS_CLIENT_CA_FILE", "", "PEM CA bundle: when set, HTTP clients must present a certificate it signed (mutual TLS)"},
 	{"KAFKA_TLS_ENABLED", "false", "connect to the Kafka brokers over TLS"},
-	{"KAFKA_TLS_CA_FILE", "", "PEM CA bundle verifying the brokers (system roots when empty)"},
+	{"KAFKA_TLS_CA_FILE", "", "PEM CA bundle verifying the brokers (system roots when empty); the KAFKA_TLS_* files reload when they change or on SIGHUP"},
 	{"KAFKA_TLS_CERT_FILE", "", "PEM client certificate for mutual TLS with the brokers"},
 	{"KAFKA_TLS_KEY_FILE", "", "PEM private key of KAFKA_TLS_CERT_FILE"},
-	{"KAFKA_SASL_MECHANISM", "", "SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512; empty for none"},
+	{"KAFKA_SASL_MECHANISM", "", "SASL mechanism: PLAIN (sends the password as is: use with KAFKA_TLS_ENABLED), SCRAM-SHA-256 or SCRAM-SHA-512; empty for none"},
 	{"KAFKA_SASL_USERNAME", "", "SASL user name"},
 	{"KAFKA_SASL_PASSWORD", "", "SASL password"},
 	{"SHUTDOWN_TIMEOUT", "30s", "bound on graceful shutdown (drain, in-flight RPCs, flush)"},
@@ -235,8 +238,12 @@ type Getenv func(string) string
 func FromEnv() (Config, error) { return Load(os.Getenv) }
 
 // DevstackDefaults are the defaults `make run` changes: a developer's terminal reads text logs more
-// easily than JSON.
-var DevstackDefaults = map[string]string{"LOG_FORMAT": "text"}
+// easily than JSON, and a development stack (with its well-known token secret) listens on loopback only
+// unless told otherwise. Every listener of the devstack derives from these and the DEVSTACK_*_ADDR ones.
+var DevstackDefaults = map[string]string{
+	"LOG_FORMAT": "text",
+	"GRPC_ADDR":  "127.0.0.1:9090", "HTTP_ADDR": "127.0.0.1:8080", "METRICS_ADDR": "127.0.0.1:9464",
+}
 
 // FromEnvWithDefaults is FromEnv with other defaults for some variables (DevstackDefaults).
 func FromEnvWithDefaults(defaults map[string]string) (Config, error) {
@@ -324,6 +331,7 @@ func Load(getenv Getenv) (Config, error) {
 			TenantRPS: rate("RATE_LIMIT_TENANT_RPS"), TenantBurst: nonNegativeInt("RATE_LIMIT_TENANT_BURST"),
 		},
 		StreamMaxPerPrincipal: positiveInt("STREAM_MAX_PER_PRINCIPAL"),
+		StreamKeepAlive:       duration("STREAM_KEEPALIVE"),
 		GRPCTLS:               ServerTLS{CertFile: get("GRPC_TLS_CERT_FILE"), KeyFile: get("GRPC_TLS_KEY_FILE"), ClientCAFile: get("GRPC_TLS_CLIENT_CA_FILE")},
 		HTTPTLS:               ServerTLS{CertFile: get("HTTP_TLS_CERT_FILE"), KeyFile: get("HTTP_TLS_KEY_FILE"), ClientCAFile: get("HTTP_TLS_CLIENT_CA_FILE")},
 		KafkaTLS: KafkaTLS{Enabled: boolean("KAFKA_TLS_ENABLED"), CAFile: get("KAFKA_TLS_CA_FILE"),

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"strings"
 	"testing"
@@ -155,8 +156,19 @@ func TestDevstackEndToEnd(t *testing.T) {
 	})
 
 	t.Run("bad JSON is 400", func(t *testing.T) {
+		tok, err := auth.MintHS256([]byte(auth.DevHMACSecret), auth.Principal{Subject: "alice", TenantID: "t1", Roles: []string{"user"}}, time.Hour, "", "")
+		if err != nil {
+			t.Fatal(err)
+		}
 		for _, b := range []string{`{"title":`, `{"titel":"typo"}`, `[1,2]`} {
-			if code, body := postJSON(t, base+"/v1/conversations", b); code != http.StatusBadRequest || body["code"] != float64(codes.InvalidArgument) {
+			// With a token: an anonymous caller gets 401 before its body is looked at.
+			req, _ := http.NewRequest(http.MethodPost, base+"/v1/conversations", strings.NewReader(b))
+			req.Header.Set("Authorization", "Bearer "+tok)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if code, body := decode(t, resp); code != http.StatusBadRequest || body["code"] != float64(codes.InvalidArgument) {
 				t.Errorf("POST %s = %d %v, want 400 INVALID_ARGUMENT", b, code, body)
 			}
 		}
@@ -213,14 +225,19 @@ func TestDevstackEndToEnd(t *testing.T) {
 // startDevstack runs devstack.Run on free ports with embedded Kafka and FerretDB and a real redis-server,
 // and returns once it serves. It leaves AUTH_HMAC_SECRET and KAFKA_SIGNING_KEYS empty, as `make run` does,
 // so the devstack checks tokens with auth.DevHMACSecret and signs records with a key of its own. cancel
-// starts the shutdown; done receives Run's result.
-func startDevstack(t *testing.T) (context.Context, devstack.Addresses, context.CancelFunc, chan error) {
+// starts the shutdown; done receives Run's result. extra adds or overrides variables (an empty value
+// restores the production default).
+func startDevstack(t *testing.T, extra ...map[string]string) (context.Context, devstack.Addresses, context.CancelFunc, chan error) {
 	t.Helper()
-	cfg := testenv.Config(t, map[string]string{
+	vars := map[string]string{
 		"AUTH_HMAC_SECRET": "", "KAFKA_SIGNING_KEYS": "",
 		"DEVSTACK_DATA_DIR": t.TempDir(), "REDIS_URL": testenv.Redis(t),
 		"HEALTH_CHECK_INTERVAL": "200ms", "SHUTDOWN_DRAIN_DELAY": "500ms", "SHUTDOWN_TIMEOUT": "5s",
-	})
+	}
+	for _, e := range extra {
+		maps.Copy(vars, e)
+	}
+	cfg := testenv.Config(t, vars)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	ready := make(chan devstack.Addresses, 1)

@@ -86,7 +86,9 @@ func TestGracefulShutdownLosesNothing(t *testing.T) {
 	db := testenv.MongoDatabase(t, mongoURI)
 	env := []string{"KAFKA_BROKERS=" + testenv.Kafka(t), "MONGO_URI=" + mongoURI, "MONGO_DATABASE=" + db,
 		"REDIS_URL=" + testenv.Redis(t), "AUTH_HMAC_SECRET=" + shutdownSecret, "SHUTDOWN_DRAIN_DELAY=1s",
-		"SHUTDOWN_TIMEOUT=15s", "HEALTH_CHECK_INTERVAL=200ms", "LOG_LEVEL=warn"}
+		"SHUTDOWN_TIMEOUT=15s", "HEALTH_CHECK_INTERVAL=200ms", "LOG_LEVEL=warn",
+		// One sender as fast as it can: quotas would refuse it, and this test is about shutdown.
+		"RATE_LIMIT_PRINCIPAL_RPS=0", "RATE_LIMIT_TENANT_RPS=0"}
 	p := startProcess(t, bin, env)
 
 	tok, err := auth.MintHS256([]byte(shutdownSecret), auth.Principal{Subject: "alice", TenantID: "t1", Roles: []string{"user"}}, time.Hour, "", "")

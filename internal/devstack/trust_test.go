@@ -49,7 +49,7 @@ func TestKafkaTrustBoundary(t *testing.T) {
 		t.Cleanup(cancel)
 		return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tok)
 	}
-	alice, carol, ops := as("alice", "t1", "user"), as("carol", "t2", "user"), as("ops", "t0", "operator")
+	alice, carol, ops := as("alice", "t1", "user"), as("carol", "t2", "user"), as("ops", "t0", "platform_operator") // unsigned records belong to no tenant
 	a, err := convs.CreateConversation(alice, &platformv1.CreateConversationRequest{Title: "alice's", MemberIds: []string{"bob"}})
 	if err != nil {
 		t.Fatal(err)

@@ -58,6 +58,9 @@ func (r *statusRecorder) Write(b []byte) (int, error) {
 }
 
 // Flush keeps streaming responses (newline-delimited JSON) flowing through the recorder.
+// Unwrap lets http.ResponseController reach the connection (the edge sets read deadlines through it).
+func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
 func (r *statusRecorder) Flush() {
 	if f, ok := r.ResponseWriter.(http.Flusher); ok {
 		f.Flush()

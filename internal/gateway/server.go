@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"runtime/debug"
+	"slices"
 	"time"
 
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
@@ -25,7 +26,9 @@ import (
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
+	"github.com/msgplatform/platform/gen/openapiv3"
 	platformv1 "github.com/msgplatform/platform/gen/platform/v1"
+	"github.com/msgplatform/platform/internal/apidocs"
 	"github.com/msgplatform/platform/internal/auth"
 	"github.com/msgplatform/platform/internal/authz"
 	"github.com/msgplatform/platform/internal/health"
@@ -54,7 +57,8 @@ type Options struct {
 	// Verifier authenticates bearer tokens; Authorizer decides by the access rules.
 	Verifier   authz.TokenVerifier
 	Authorizer *authz.Authorizer
-	// OnUnauthenticated hears of every call refused for want of a valid token.
+	// OnUnauthenticated hears of every call refused for want of a valid token (besides the gateway's own
+	// counter, platform_unauthenticated_total, and its rate-limited log line).
 	OnUnauthenticated func(ctx context.Context, method string, err error)
 	// Quota charges every authenticated call to its principal's and tenant's quotas; Audit records every
 	// mutation and operator read. Nil: none.
@@ -62,12 +66,20 @@ type Options struct {
 	// GRPCTLS and HTTPTLS make the listeners serve TLS (nil: plain text); InternalTLS is what the REST
 	// gateway's own connection to the gRPC listener dials with when GRPCTLS is set.
 	GRPCTLS, HTTPTLS, InternalTLS *tls.Config
+	// StreamKeepAlive is the period of the keep-alive comment of REST server-sent event streams (≤ 0: 15 s).
+	StreamKeepAlive time.Duration
 }
 
 // Interceptors are a unary and a stream server interceptor doing one job.
 type Interceptors interface {
 	UnaryServerInterceptor() grpc.UnaryServerInterceptor
 	StreamServerInterceptor() grpc.StreamServerInterceptor
+}
+
+// platformServices are the platform.v1 services the gateway serves (and REST exposes).
+var platformServices = []string{
+	platformv1.ConversationService_ServiceDesc.ServiceName, platformv1.MessageService_ServiceDesc.ServiceName,
+	platformv1.DeadLetterService_ServiceDesc.ServiceName, platformv1.HealthService_ServiceDesc.ServiceName,
 }
 
 // ServiceNeeds maps each gRPC service name to the dependencies it cannot work without; grpc.health.v1
@@ -105,6 +117,7 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 		s.Close()
 		return nil, fmt.Errorf("HTTP_ADDR %s: %w", opts.HTTPAddr, err)
 	}
+	s.httpLis = listenHTTPTLS(opts, s.httpLis)
 	if s.metricsLis, err = net.Listen("tcp", opts.MetricsAddr); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("METRICS_ADDR %s: %w", opts.MetricsAddr, err)
@@ -115,12 +128,17 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 		s.Close()
 		return nil, fmt.Errorf("register grpc metrics: %w", err)
 	}
+	rejected, err := newRejections(opts.Registry, s.logger, opts.OnUnauthenticated)
+	if err != nil {
+		s.Close()
+		return nil, fmt.Errorf("register rejection metrics: %w", err)
+	}
 	access := authz.NewInterceptor(opts.Verifier, opts.Authorizer)
-	access.OnUnauthenticated = opts.OnUnauthenticated
-	s.grpc = newGRPCServer(s.logger, grpcMetrics, access, opts.Quota, opts.Audit)
+	access.OnUnauthenticated = rejected.grpc
+	s.grpc = newGRPCServer(s.logger, grpcMetrics, access, opts.Quota, opts.Audit, grpcServerTLS(opts)...)
 	registerServices(s.grpc, opts.Services, opts.Checker)
 	hs := grpchealth.NewServer()
-	healthpb.RegisterHealthServer(s.grpc, hs)
+	healthpb.RegisterHealthServer(s.grpc, newBoundedHealth(hs))
 	health.FollowChecker(opts.Checker, hs, ServiceNeeds)
 	reflection.Register(s.grpc)
 	grpcMetrics.InitializeMetrics(s.grpc)
@@ -135,25 +153,50 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 		s.Close()
 		return nil, fmt.Errorf("register REST metrics: %w", err)
 	}
-	rest, conn, err := newRESTGateway(ctx, dialTarget(s.grpcLis.Addr()), restMetrics)
+	routes, err := restRoutes(platformServices...)
+	if err != nil {
+		s.Close()
+		return nil, err
+	}
+	edge := &restEdge{routes: routes, verifier: opts.Verifier, isPublic: access.IsPublic, onUnauthenticated: rejected.rest}
+	creds, err := internalCredentials(opts)
+	if err != nil {
+		s.Close()
+		return nil, err
+	}
+	sse := &sseStreams{method: edge.method, keepAlive: opts.StreamKeepAlive}
+	rest, conn, err := newRESTGateway(ctx, dialTarget(s.grpcLis.Addr()), restMetrics, edge, sse, creds)
 	if err != nil {
 		s.Close()
 		return nil, err
 	}
 	s.conn = conn
 	mux := http.NewServeMux()
-	healthHTTP := health.HTTPHandler(opts.Checker)
+	healthHTTP := health.HTTPHandler(opts.Checker, nil) // /healthz and /readyz: statuses only
 	mux.Handle("GET /healthz", healthHTTP)
 	mux.Handle("GET /readyz", healthHTTP)
+	// GET /openapi.json and GET /docs (the API explorer): public, outside the REST edge; they hold no data.
+	apidocs.Register(mux, openapiv3.Document)
 	mux.Handle("/", rest)
-	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(s.logger.Handler(), slog.LevelWarn)}
+	// No ReadTimeout or WriteTimeout: they would cut live streams. The edge bounds each request body's
+	// read instead (bodyTimeout), the headers and idle connections are bounded here.
+	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: readHeaderTimeout, IdleTimeout: idleTimeout,
+		MaxHeaderBytes: maxHeaderBytes, ErrorLog: slog.NewLogLogger(s.logger.Handler(), slog.LevelWarn)}
 	s.metrics = &http.Server{Handler: observability.MetricsHandler(opts.Registry), ReadHeaderTimeout: 10 * time.Second}
 	return s, nil
 }
 
-func newGRPCServer(logger *slog.Logger, metrics *grpcprom.ServerMetrics, access *authz.Interceptor, quota, audit Interceptors) *grpc.Server {
+func newGRPCServer(logger *slog.Logger, metrics *grpcprom.ServerMetrics, access *authz.Interceptor, quota, audit Interceptors, extra ...grpc.ServerOption) *grpc.Server {
 	logOpts := []logging.Option{
 		logging.WithLogOnEvents(logging.FinishCall),
+		// A call refused by a limit (too many streams or health watches) is counted by grpc_server_handled_total
+		// {grpc_code="ResourceExhausted"}, not logged each: whoever hits a limit would otherwise fill the logs.
+		logging.WithLevels(func(c codes.Code) logging.Level {
+			if c == codes.ResourceExhausted {
+				return logging.LevelDebug
+			}
+			return logging.DefaultServerCodeToLevel(c)
+		}),
 		// Authentication runs before logging, so the caller is in the context the logger sees.
 		logging.WithFieldsFromContext(func(ctx context.Context) logging.Fields {
 			p, _ := auth.PrincipalFrom(ctx)
@@ -190,9 +233,11 @@ func newGRPCServer(logger *slog.Logger, metrics *grpcprom.ServerMetrics, access 
 	if audit != nil {
 		unary, stream = append(unary, audit.UnaryServerInterceptor()), append(stream, audit.StreamServerInterceptor())
 	}
-	unary = append(unary, access.AuthorizeUnary(), recovery.UnaryServerInterceptor(recoveryOpt))
-	stream = append(stream, access.AuthorizeStream(), recovery.StreamServerInterceptor(recoveryOpt))
-	return grpc.NewServer(grpc.ChainUnaryInterceptor(unary...), grpc.ChainStreamInterceptor(stream...))
+	// Ids are checked before the access check, which reads the conversation id (and looks it up in Redis).
+	unary = append(unary, idsUnary(), access.AuthorizeUnary(), recovery.UnaryServerInterceptor(recoveryOpt))
+	stream = append(stream, idsStream(), access.AuthorizeStream(), recovery.StreamServerInterceptor(recoveryOpt))
+	return grpc.NewServer(append(append(transportLimits(), extra...),
+		grpc.ChainUnaryInterceptor(unary...), grpc.ChainStreamInterceptor(stream...))...)
 }
 
 func registerServices(s *grpc.Server, svc Services, checker *health.Checker) {
@@ -208,7 +253,14 @@ func registerServices(s *grpc.Server, svc Services, checker *health.Checker) {
 	platformv1.RegisterConversationServiceServer(s, svc.Conversations)
 	platformv1.RegisterMessageServiceServer(s, svc.Messages)
 	platformv1.RegisterDeadLetterServiceServer(s, svc.DeadLetters)
-	platformv1.RegisterHealthServiceServer(s, health.NewService(checker))
+	platformv1.RegisterHealthServiceServer(s, health.NewService(checker, operatorCaller))
+}
+
+// operatorCaller reports whether the call carries a valid token of an operator role: GetHealth is public,
+// and shows the dependencies' errors (internal addresses) to them only.
+func operatorCaller(ctx context.Context) bool {
+	p, ok := auth.PrincipalFrom(ctx)
+	return ok && slices.ContainsFunc(p.Roles, func(r string) bool { return slices.Contains(authz.OperatorRoles, r) })
 }
 
 // dialTarget turns a listener address into one the gateway can dial: an unspecified host (":9090",

@@ -8,12 +8,14 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	platformv1 "github.com/msgplatform/platform/gen/platform/v1"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	platformv1 "github.com/msgplatform/platform/gen/platform/v1"
 )
 
 // switchable is a dependency check a test turns up, down or unsupported.
@@ -87,7 +89,7 @@ func TestCheckerFollowsDependencies(t *testing.T) {
 			if snap.Ready() != tc.wantReady || snap.Degraded() != tc.wantDegr {
 				t.Errorf("ready=%v degraded=%v, want %v %v", snap.Ready(), snap.Degraded(), tc.wantReady, tc.wantDegr)
 			}
-			resp, _ := NewService(c).GetHealth(context.Background(), nil)
+			resp, _ := NewService(c, operator).GetHealth(context.Background(), nil)
 			if resp.GetStatus() != tc.wantOverall || resp.GetDraining() != tc.drain {
 				t.Errorf("GetHealth status=%v draining=%v, want %v %v", resp.GetStatus(), resp.GetDraining(), tc.wantOverall, tc.drain)
 			}
@@ -108,7 +110,7 @@ func TestLastErrorKeptUntilSuccess(t *testing.T) {
 	c, sw := newTestChecker()
 	sw["kafka"].set(errors.New("dial tcp: connection refused"))
 	c.CheckNow(context.Background())
-	resp, _ := NewService(c).GetHealth(context.Background(), nil)
+	resp, _ := NewService(c, operator).GetHealth(context.Background(), nil)
 	kafka := resp.GetDependencies()[1]
 	if kafka.GetName() != "kafka" || kafka.GetStatus() != platformv1.DependencyStatus_DEPENDENCY_STATUS_DOWN ||
 		kafka.GetLastError() != "dial tcp: connection refused" || kafka.GetLatency() == nil || kafka.GetCheckTime() == nil {
@@ -116,9 +118,46 @@ func TestLastErrorKeptUntilSuccess(t *testing.T) {
 	}
 	sw["kafka"].set(nil)
 	c.CheckNow(context.Background())
-	resp, _ = NewService(c).GetHealth(context.Background(), nil)
+	resp, _ = NewService(c, operator).GetHealth(context.Background(), nil)
 	if d := resp.GetDependencies()[1]; d.GetStatus() != platformv1.DependencyStatus_DEPENDENCY_STATUS_UP || d.GetLastError() != "" {
 		t.Fatalf("kafka after recovery = %v", d)
+	}
+}
+
+func operator(context.Context) bool { return true }
+
+// The public answer names each dependency and its status, never the error text or detail (addresses,
+// hosts); operators see them.
+func TestDetailsOnlyForOperators(t *testing.T) {
+	c, sw := newTestChecker()
+	sw["kafka"].set(errors.New("dial tcp 10.0.0.7:9092: connection refused"))
+	c.CheckNow(context.Background())
+	for _, tc := range []struct {
+		name    string
+		details func(context.Context) bool
+		want    string
+	}{
+		{"no rule", nil, ""},
+		{"not an operator", func(context.Context) bool { return false }, ""},
+		{"operator", operator, "dial tcp 10.0.0.7:9092: connection refused"},
+	} {
+		resp, _ := NewService(c, tc.details).GetHealth(context.Background(), nil)
+		kafka := resp.GetDependencies()[1]
+		if kafka.GetStatus() != platformv1.DependencyStatus_DEPENDENCY_STATUS_DOWN || kafka.GetLastError() != tc.want {
+			t.Errorf("%s: kafka = %v, want DOWN with last_error %q", tc.name, kafka, tc.want)
+		}
+	}
+	rec := httptest.NewRecorder()
+	HTTPHandler(c, func(r *http.Request) bool { return r.Header.Get("X-Op") == "yes" }).ServeHTTP(rec, httptest.NewRequest("GET", "/v1/health", nil))
+	if strings.Contains(rec.Body.String(), "10.0.0.7") || !strings.Contains(rec.Body.String(), "DEPENDENCY_STATUS_DOWN") {
+		t.Errorf("public /v1/health = %s", rec.Body)
+	}
+	rec = httptest.NewRecorder()
+	req := httptest.NewRequest("GET", "/v1/health", nil)
+	req.Header.Set("X-Op", "yes")
+	HTTPHandler(c, func(r *http.Request) bool { return r.Header.Get("X-Op") == "yes" }).ServeHTTP(rec, req)
+	if !strings.Contains(rec.Body.String(), "10.0.0.7") {
+		t.Errorf("operator's /v1/health = %s", rec.Body)
 	}
 }
 
@@ -136,7 +175,7 @@ func TestCheckTimeout(t *testing.T) {
 
 func TestHTTPProbes(t *testing.T) {
 	c, sw := newTestChecker()
-	srv := httptest.NewServer(HTTPHandler(c))
+	srv := httptest.NewServer(HTTPHandler(c, nil))
 	defer srv.Close()
 	get := func(path string) (int, map[string]any) {
 		t.Helper()

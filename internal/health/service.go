@@ -5,33 +5,41 @@ import (
 	"encoding/json"
 	"net/http"
 
-	platformv1 "github.com/msgplatform/platform/gen/platform/v1"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	platformv1 "github.com/msgplatform/platform/gen/platform/v1"
 )
 
 // Service implements platform.v1.HealthService from the checker's cached results.
 type Service struct {
 	platformv1.UnimplementedHealthServiceServer
 	checker *Checker
+	details func(context.Context) bool
 }
 
-// NewService returns the HealthService over checker.
-func NewService(checker *Checker) *Service { return &Service{checker: checker} }
+// NewService returns the HealthService over checker. The answer is public, so it shows each
+// dependency's status and timing only; the error text and detail (which name internal addresses and
+// hosts) go to callers for whom details says so (operators). A nil details shows them to nobody.
+func NewService(checker *Checker, details func(context.Context) bool) *Service {
+	return &Service{checker: checker, details: details}
+}
 
 // GetHealth reports the overall status and every dependency's latest check.
-func (s *Service) GetHealth(context.Context, *platformv1.GetHealthRequest) (*platformv1.GetHealthResponse, error) {
+func (s *Service) GetHealth(ctx context.Context, _ *platformv1.GetHealthRequest) (*platformv1.GetHealthResponse, error) {
+	full := s.details != nil && s.details(ctx)
 	snap := s.checker.Snapshot()
 	resp := &platformv1.GetHealthResponse{Draining: snap.Draining, Status: overall(snap)}
 	for _, r := range snap.Results {
 		d := &platformv1.Dependency{
-			Name:      r.Name,
-			Status:    dependencyStatus(r.Status),
-			Required:  r.Required,
-			LastError: r.LastError,
-			Detail:    r.Detail,
+			Name:     r.Name,
+			Status:   dependencyStatus(r.Status),
+			Required: r.Required,
+		}
+		if full {
+			d.LastError, d.Detail = r.LastError, r.Detail
 		}
 		if !r.CheckedAt.IsZero() {
 			d.Latency = durationpb.New(r.Latency)
@@ -95,12 +103,15 @@ func servingStatus(ok bool) healthpb.HealthCheckResponse_ServingStatus {
 // HTTPHandler serves /healthz (liveness: 200 while the process runs), /readyz (readiness: 200 when
 // every required dependency is up and the server is not draining, else 503 naming what fails) and
 // /v1/health (GetHealth as protojson, as the gateway serves it through grpc-gateway; processes without
-// the gateway, the pipeline, serve it here).
-func HTTPHandler(c *Checker) http.Handler {
+// the gateway, the pipeline, serve it here, with details for the requests details says so of).
+func HTTPHandler(c *Checker, details func(*http.Request) bool) http.Handler {
 	mux := http.NewServeMux()
-	svc := NewService(c)
+	svc := NewService(c, func(ctx context.Context) bool {
+		r, _ := ctx.Value(requestKey{}).(*http.Request)
+		return details != nil && r != nil && details(r)
+	})
 	mux.HandleFunc("GET /v1/health", func(w http.ResponseWriter, r *http.Request) {
-		resp, _ := svc.GetHealth(r.Context(), &platformv1.GetHealthRequest{})
+		resp, _ := svc.GetHealth(context.WithValue(r.Context(), requestKey{}, r), &platformv1.GetHealthRequest{})
 		b, err := protojson.Marshal(resp)
 		if err != nil {
 			http.Error(w, "encode health", http.StatusInternalServerError)
@@ -128,6 +139,8 @@ func HTTPHandler(c *Checker) http.Handler {
 	})
 	return mux
 }
+
+type requestKey struct{}
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")

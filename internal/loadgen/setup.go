@@ -43,8 +43,9 @@ func newIdentities(c Config) (identities, error) {
 		tok := bearer(c.Token)
 		return identities{ownerID: sub, owner: tok, senders: []metadata.MD{tok}}, nil
 	}
-	// Long enough for the setup, the run and the grace period with room to spare.
-	ttl := c.Duration + c.Grace + c.WarmupTimeout + time.Hour
+	// Long enough for the setup, the run and the grace period with room to spare, but no longer than a
+	// gateway accepts by default (AUTH_MAX_TOKEN_TTL, 24h).
+	ttl := min(c.Duration+c.Grace+c.WarmupTimeout+time.Hour, 24*time.Hour)
 	mint := func(sub string) (metadata.MD, error) {
 		tok, err := auth.MintHS256([]byte(c.HMACSecret), auth.Principal{Subject: sub, TenantID: c.Tenant, Roles: []string{"user"}}, ttl, c.Issuer, c.Audience)
 		if err != nil {

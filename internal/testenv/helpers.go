@@ -18,7 +18,7 @@ const TestHMACSecret = "platform-test-hmac-secret-0123456789abcdef"
 
 // Config returns the platform's configuration as a test runs it, loaded through config.Load (so it is
 // validated exactly as in production): every listener on a free loopback port, the test signing keys and
-// HMAC secret, no drain delay, short timeouts and health interval. vars add or override variables
+// HMAC secret, no drain delay, short timeouts and health interval, no quotas. vars add or override variables
 // (KAFKA_BROKERS, MONGO_URI, REDIS_URL in particular; an empty value restores the default).
 func Config(tb testing.TB, vars map[string]string) config.Config {
 	tb.Helper()
@@ -28,6 +28,8 @@ func Config(tb testing.TB, vars map[string]string) config.Config {
 		"KAFKA_SIGNING_KEYS": SigningKeysSpec, "AUTH_HMAC_SECRET": TestHMACSecret,
 		"SHUTDOWN_DRAIN_DELAY": "0s", "SHUTDOWN_TIMEOUT": "5s", "KAFKA_PRODUCE_TIMEOUT": "5s",
 		"HEALTH_CHECK_INTERVAL": "1s",
+		// No quotas: tests call as fast as they can; the quota tests set their own.
+		"RATE_LIMIT_PRINCIPAL_RPS": "0", "RATE_LIMIT_TENANT_RPS": "0",
 	}
 	maps.Copy(env, vars)
 	cfg, err := config.Load(func(k string) string { return env[k] })

@@ -22,7 +22,7 @@ import (
 )
 
 // platformRoles are the roles the access rules know; others are minted but warned about.
-var platformRoles = []string{"user", "service", "operator"}
+var platformRoles = []string{"user", "service", "operator", "platform_operator"}
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Getenv, os.Stdout, os.Stderr))
@@ -33,7 +33,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	fs.SetOutput(stderr)
 	sub := fs.String("sub", "", "subject: the user id (required)")
 	tenant := fs.String("tenant", "", "tenant_id (required)")
-	roles := fs.String("roles", "user", "comma-separated roles: user, service, operator (empty = none)")
+	roles := fs.String("roles", "user", "comma-separated roles: user, service, operator, platform_operator (empty = none)")
 	ttl := fs.Duration("ttl", 12*time.Hour, "lifetime of the token")
 	iss := fs.String("iss", getenv("AUTH_ISSUER"), "iss claim (default $AUTH_ISSUER)")
 	aud := fs.String("aud", getenv("AUTH_AUDIENCE"), "aud claim (default $AUTH_AUDIENCE)")

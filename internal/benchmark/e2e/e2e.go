@@ -61,6 +61,10 @@ func StartPlatform(tb testing.TB) *Platform {
 		"AUTH_HMAC_SECRET":     auth.DevHMACSecret,
 		"SHUTDOWN_DRAIN_DELAY": "100ms", "SHUTDOWN_TIMEOUT": "10s",
 		"LOG_FORMAT": "text", "LOG_LEVEL": "warn",
+		// Quotas on, as in production, but far above the offered load: every call pays the Redis check,
+		// none is refused.
+		"RATE_LIMIT_PRINCIPAL_RPS": "1000000", "RATE_LIMIT_PRINCIPAL_BURST": "2000000",
+		"RATE_LIMIT_TENANT_RPS": "1000000", "RATE_LIMIT_TENANT_BURST": "2000000",
 	}
 	cfg, err := config.Load(func(k string) string { return vars[k] })
 	if err != nil {

@@ -73,6 +73,10 @@ func newGateway(tb testing.TB) (*gateway, error) {
 		"KAFKA_BROKERS": testenv.Kafka(tb), "MONGO_URI": mongoURI, "MONGO_DATABASE": testenv.MongoDatabase(tb, mongoURI),
 		"REDIS_URL": testenv.Redis(tb), "AUTH_HMAC_SECRET": secret, "KAFKA_SIGNING_KEYS": testenv.SigningKeysSpec,
 		"SHUTDOWN_DRAIN_DELAY": "0s", "SHUTDOWN_TIMEOUT": "5s",
+		// Quotas on, as in production, but far above the offered load: both protocols pay the Redis check,
+		// none is refused.
+		"RATE_LIMIT_PRINCIPAL_RPS": "1000000", "RATE_LIMIT_PRINCIPAL_BURST": "2000000",
+		"RATE_LIMIT_TENANT_RPS": "1000000", "RATE_LIMIT_TENANT_BURST": "2000000",
 	}
 	cfg, err := config.Load(func(k string) string { return vars[k] })
 	if err != nil {
