@@ -115,13 +115,14 @@ func TestMatrixMatchesArchitecture(t *testing.T) {
 	}
 }
 
-func TestREADMEShowsTheMatrix(t *testing.T) {
-	readme, err := os.ReadFile("../../README.md")
+// TestDocsShowTheMatrix keeps the permission tables of docs/authorization.md equal to MatrixMarkdown.
+func TestDocsShowTheMatrix(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/authorization.md")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(string(readme), MatrixMarkdown()) {
-		t.Errorf("README.md must contain the permission table exactly as authz.MatrixMarkdown renders it:\n%s", MatrixMarkdown())
+	if !strings.Contains(string(doc), MatrixMarkdown()) {
+		t.Errorf("docs/authorization.md must contain the permission table exactly as authz.MatrixMarkdown renders it:\n%s", MatrixMarkdown())
 	}
 }
 

@@ -2,6 +2,7 @@ package config
 
 import (
 	"log/slog"
+	"net"
 	"os"
 	"strings"
 	"testing"
@@ -179,9 +180,9 @@ func TestVarsAreKnownAndUnique(t *testing.T) {
 	}
 }
 
-// TestREADMEListsEveryVariable keeps the README's configuration table in step with Vars.
-func TestREADMEListsEveryVariable(t *testing.T) {
-	readme, err := os.ReadFile("../../README.md")
+// TestDocsListEveryVariable keeps the configuration table of docs/operations.md in step with Vars.
+func TestDocsListEveryVariable(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/operations.md")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -191,8 +192,40 @@ func TestREADMEListsEveryVariable(t *testing.T) {
 			def = "`" + v.Default + "`"
 		}
 		row := "| `" + v.Name + "` | " + def + " | " + v.Help + " |"
-		if !strings.Contains(string(readme), row) {
-			t.Errorf("README.md lacks the row\n%s", row)
+		if !strings.Contains(string(doc), row) {
+			t.Errorf("docs/operations.md lacks the row\n%s", row)
 		}
+	}
+}
+
+// The devstack listens on loopback only unless told otherwise; the production defaults stay as documented.
+func TestDevstackDefaultsBindLoopback(t *testing.T) {
+	for _, name := range []string{"GRPC_ADDR", "HTTP_ADDR", "METRICS_ADDR"} {
+		t.Setenv(name, "")
+	}
+	for _, name := range []string{"DEVSTACK_KAFKA_ADDR", "DEVSTACK_MONGO_ADDR", "DEVSTACK_REDIS_ADDR"} {
+		t.Setenv(name, "")
+	}
+	dev, err := FromEnvWithDefaults(DevstackDefaults)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, addr := range map[string]string{"GRPC_ADDR": dev.GRPCAddr, "HTTP_ADDR": dev.HTTPAddr, "METRICS_ADDR": dev.MetricsAddr,
+		"DEVSTACK_KAFKA_ADDR": dev.Devstack.KafkaAddr, "DEVSTACK_MONGO_ADDR": dev.Devstack.MongoAddr, "DEVSTACK_REDIS_ADDR": dev.Devstack.RedisAddr} {
+		if host, _, err := net.SplitHostPort(addr); err != nil || host != "127.0.0.1" {
+			t.Errorf("devstack %s = %q, want a 127.0.0.1 address", name, addr)
+		}
+	}
+	t.Setenv("HTTP_ADDR", ":18080")
+	if dev, err := FromEnvWithDefaults(DevstackDefaults); err != nil || dev.HTTPAddr != ":18080" {
+		t.Errorf("HTTP_ADDR set: devstack listens on %q (%v), want the setting", dev.HTTPAddr, err)
+	}
+	t.Setenv("HTTP_ADDR", "")
+	prod, err := FromEnv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if prod.GRPCAddr != ":9090" || prod.HTTPAddr != ":8080" {
+		t.Errorf("production defaults changed: %s %s", prod.GRPCAddr, prod.HTTPAddr)
 	}
 }

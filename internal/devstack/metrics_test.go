@@ -21,27 +21,30 @@ import (
 	"github.com/msgplatform/platform/internal/testenv"
 )
 
-// documentedMetric is one metric name of the README's metrics table and the processes said to export it.
+// documentedMetric is one metric name of the metrics table of docs/operations.md and the processes said
+// to export it.
 type documentedMetric struct {
 	name  string
 	where []string // gateway, pipeline
 }
 
-// readmeMetrics reads the table under "## Metrics" in the README: every backquoted name of the first column,
-// with the processes of the last one.
-func readmeMetrics(t *testing.T) []documentedMetric {
+// docsMetrics reads the table under "## Metrics" in docs/operations.md: every backquoted name of the
+// first column, with the processes of the last one.
+func docsMetrics(t *testing.T) []documentedMetric {
 	t.Helper()
-	b, err := os.ReadFile("../../README.md")
+	b, err := os.ReadFile("../../docs/operations.md")
 	if err != nil {
 		t.Fatal(err)
 	}
 	section := string(b)
 	start := strings.Index(section, "\n## Metrics\n")
 	if start < 0 {
-		t.Fatal("README has no ## Metrics section")
+		t.Fatal("docs/operations.md has no ## Metrics section")
 	}
 	section = section[start+len("\n## Metrics\n"):]
-	section = section[:strings.Index(section, "\n## ")]
+	if end := strings.Index(section, "\n## "); end >= 0 {
+		section = section[:end]
+	}
 	name := regexp.MustCompile("`([a-z_]+)`")
 	var out []documentedMetric
 	for _, line := range strings.Split(section, "\n") {
@@ -61,7 +64,7 @@ func readmeMetrics(t *testing.T) []documentedMetric {
 		}
 	}
 	if len(out) < 40 {
-		t.Fatalf("read %d metrics from the README's table; the parser no longer matches it", len(out))
+		t.Fatalf("read %d metrics from the table of docs/operations.md; the parser no longer matches it", len(out))
 	}
 	return out
 }
@@ -96,10 +99,12 @@ var nonBaseUnit = regexp.MustCompile(`_(ms|milliseconds|microseconds|minutes|hou
 // TestEveryDocumentedMetricIsExported runs the devstack, drives the traffic a new user would (a
 // conversation, messages stored by the pipeline, a record that cannot be decoded and ends in the DLQ), then
 // scrapes its /metrics: the devstack runs the gateway and the pipeline roles in one process over one
-// registry, so every metric the README lists (for the gateway, the pipeline or both) is served by that one
-// endpoint, every platform and gRPC metric served is in the README, and the names follow Prometheus' rules.
+// registry, so every metric docs/operations.md lists (for the gateway, the pipeline or both) is served by
+// that one endpoint, every platform and gRPC metric served is listed there, and the names follow
+// Prometheus' rules.
 func TestEveryDocumentedMetricIsExported(t *testing.T) {
-	ctx, addrs, _, _ := startDevstack(t)
+	// As `make run`: the quotas at their defaults, so the rate limiter's metrics are served too.
+	ctx, addrs, _, _ := startDevstack(t, map[string]string{"RATE_LIMIT_PRINCIPAL_RPS": "", "RATE_LIMIT_TENANT_RPS": ""})
 	conn, err := grpc.NewClient(addrs.GRPC, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
@@ -112,7 +117,7 @@ func TestEveryDocumentedMetricIsExported(t *testing.T) {
 		}
 		return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tok)
 	}
-	user, operator := as("ada", "user"), as("oscar", "operator")
+	user, operator := as("ada", "user"), as("oscar", "platform_operator") // the undecodable record belongs to no tenant
 
 	conv, err := platformv1.NewConversationServiceClient(conn).CreateConversation(user, &platformv1.CreateConversationRequest{Title: "metrics"})
 	if err != nil {
@@ -147,10 +152,10 @@ func TestEveryDocumentedMetricIsExported(t *testing.T) {
 
 	types := scrapeTypes(t, addrs.Metrics)
 	documented := map[string]bool{}
-	for _, m := range readmeMetrics(t) {
+	for _, m := range docsMetrics(t) {
 		documented[m.name] = true
 		if len(m.where) == 0 {
-			t.Errorf("%s: the README's table names no process (gateway, pipeline) that exports it", m.name)
+			t.Errorf("%s: the table of docs/operations.md names no process (gateway, pipeline) that exports it", m.name)
 		}
 		if _, ok := types[m.name]; !ok {
 			t.Errorf("%s: documented (where: %s) but not served by the devstack's /metrics, which serves both roles",
@@ -167,7 +172,7 @@ func TestEveryDocumentedMetricIsExported(t *testing.T) {
 			continue
 		}
 		if !documented[name] {
-			t.Errorf("the devstack exports %s (%s), which the README's metrics table does not list", name, typ)
+			t.Errorf("the devstack exports %s (%s), which the metrics table of docs/operations.md does not list", name, typ)
 		}
 		if (typ == "counter") != strings.HasSuffix(name, "_total") {
 			t.Errorf("%s is a %s: counters, and only counters, end in _total", name, typ)
