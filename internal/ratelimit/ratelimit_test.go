@@ -192,7 +192,9 @@ func TestRedisGCRA(t *testing.T) {
 					if got.Local {
 						t.Fatalf("step %d decided locally, want by Redis", i)
 					}
-					check(t, i, s, got, 80*time.Millisecond)
+					// Redis's clock runs on while this test waits for a busy machine: time only shrinks what is
+					// left to wait, by at most this much.
+					check(t, i, s, got, 250*time.Millisecond)
 				}
 			})
 		}
