@@ -267,16 +267,40 @@ func (m *Mongo) relay(client, server net.Conn) {
 
 // Redis is an in-memory Redis (miniredis).
 type Redis struct {
-	srv *miniredis.Miniredis
+	srv  *miniredis.Miniredis
+	stop chan struct{}
+	done chan struct{}
 }
 
-// StartRedis starts miniredis listening on addr.
+// ttlTick is how often the embedded Redis moves its keys' TTLs on with the wall clock.
+const ttlTick = 50 * time.Millisecond
+
+// StartRedis starts miniredis listening on addr. Its keys expire in real time, as on redis-server:
+// miniredis only decreases TTLs when told to, so a goroutine fast-forwards it by the time that passed.
 func StartRedis(addr string) (*Redis, error) {
 	srv := miniredis.NewMiniRedis()
 	if err := srv.StartAddr(addr); err != nil {
 		return nil, fmt.Errorf("redis: start miniredis on %s: %w", addr, err)
 	}
-	return &Redis{srv: srv}, nil
+	r := &Redis{srv: srv, stop: make(chan struct{}), done: make(chan struct{})}
+	go r.expire()
+	return r, nil
+}
+
+func (r *Redis) expire() {
+	defer close(r.done)
+	tick := time.NewTicker(ttlTick)
+	defer tick.Stop()
+	last := time.Now()
+	for {
+		select {
+		case <-r.stop:
+			return
+		case now := <-tick.C:
+			r.srv.FastForward(now.Sub(last))
+			last = now
+		}
+	}
 }
 
 // Addr returns the server's host:port.
@@ -286,7 +310,11 @@ func (r *Redis) Addr() string { return r.srv.Addr() }
 func (r *Redis) URL() string { return "redis://" + r.srv.Addr() + "/0" }
 
 // Close stops the server; its data is lost.
-func (r *Redis) Close() { r.srv.Close() }
+func (r *Redis) Close() {
+	close(r.stop)
+	<-r.done
+	r.srv.Close()
+}
 
 // dialableAddr returns a, where an unspecified (wildcard) IP is replaced by loopback, so it can be
 // handed to clients.

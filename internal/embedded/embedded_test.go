@@ -301,6 +301,20 @@ func TestRedis(t *testing.T) {
 	if got, err := rdb.Get(ctx, "k").Result(); err != nil || got != "v" {
 		t.Fatalf("GET = %q, %v; want v", got, err)
 	}
+	// Keys expire in real time, as on redis-server (miniredis alone never expires them).
+	if err := rdb.Set(ctx, "short", "v", 100*time.Millisecond).Err(); err != nil {
+		t.Fatalf("SET: %v", err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for rdb.Exists(ctx, "short").Val() == 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("a key with a 100 ms TTL still exists after 5 s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if rdb.Exists(ctx, "k").Val() != 1 {
+		t.Fatal("a key with a minute to live expired")
+	}
 }
 
 func freeAddr(t *testing.T) string {

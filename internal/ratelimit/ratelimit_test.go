@@ -129,7 +129,12 @@ func unreachable(t testing.TB) *redis.Client {
 // Redis's clock ran on while the test slept and called.
 func check(t *testing.T, i int, s step, got Result, slop time.Duration) {
 	t.Helper()
-	if got.Allowed != s.allowed || got.Scope != s.scope || got.Remaining != s.remaining {
+	// On a real clock (slop > 0) a delayed step may find one more unit refilled than the sequence says.
+	extra := 0
+	if slop > 0 && got.Remaining == s.remaining+1 {
+		extra = 1
+	}
+	if got.Allowed != s.allowed || got.Scope != s.scope || got.Remaining != s.remaining+extra {
 		t.Fatalf("step %d (%s/%s cost %d): allowed %v scope %s remaining %d, want %v %s %d",
 			i, s.tenant, s.subject, s.cost, got.Allowed, got.Scope, got.Remaining, s.allowed, s.scope, s.remaining)
 	}

@@ -404,18 +404,26 @@ func (l *load) send(ctx context.Context, gws [2]platformv1.MessageServiceClient,
 }
 
 // checkQuota spends a principal's burst through A; a mutation through B is then over quota.
+//
+// A check Redis does not answer within the limiter's timeout is decided by that gateway alone (fail open,
+// by design); on a machine busy enough for that, the round is tried again with a fresh principal.
 func checkQuota(ctx context.Context, t *testing.T, convsA, convsB platformv1.ConversationServiceClient) {
-	tok := token(t, "quota-user", "t-quota", "user")
-	for i := range principalBurst {
-		if _, err := convsA.ListConversations(as(ctx, tok), &platformv1.ListConversationsRequest{}); err != nil {
-			t.Fatalf("read %d of the burst through A: %v", i+1, err)
+	var err error
+	for round := range 5 {
+		tok := token(t, fmt.Sprintf("quota-user-%d", round), "t-quota", "user")
+		for i := range principalBurst {
+			if _, err := convsA.ListConversations(as(ctx, tok), &platformv1.ListConversationsRequest{}); err != nil {
+				t.Fatalf("read %d of the burst through A: %v", i+1, err)
+			}
 		}
+		_, err = convsB.CreateConversation(as(ctx, tok), &platformv1.CreateConversationRequest{Title: "over quota"})
+		if status.Code(err) == codes.ResourceExhausted {
+			t.Logf("burst of %d spent through A; B refused the next call: %v (round %d)", principalBurst, status.Convert(err).Message(), round+1)
+			return
+		}
+		t.Logf("round %d: B allowed the call (%v); a check may have fallen back to a local limiter", round+1, err)
 	}
-	_, err := convsB.CreateConversation(as(ctx, tok), &platformv1.CreateConversationRequest{Title: "over quota"})
-	if status.Code(err) != codes.ResourceExhausted {
-		t.Fatalf("burst of %d units spent through A, then a mutation (2 units) through B: %v, want RESOURCE_EXHAUSTED", principalBurst, err)
-	}
-	t.Logf("burst of %d spent through A; B refused the next call: %v", principalBurst, status.Convert(err).Message())
+	t.Fatalf("burst of %d units spent through A, then a mutation (2 units) through B: %v, want RESOURCE_EXHAUSTED", principalBurst, err)
 }
 
 // checkIdempotency sends through A, then again through B with the same client_message_id.
