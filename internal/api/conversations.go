@@ -147,7 +147,7 @@ func (s *Conversations) CreateConversation(ctx context.Context, req *platformv1.
 	return &platformv1.CreateConversationResponse{Conversation: out}, nil
 }
 
-// GetConversation returns one conversation.
+// GetConversation returns one conversation, with the caller's read state.
 func (s *Conversations) GetConversation(ctx context.Context, req *platformv1.GetConversationRequest) (*platformv1.GetConversationResponse, error) {
 	p, err := principal(ctx)
 	if err != nil {
@@ -157,10 +157,14 @@ func (s *Conversations) GetConversation(ctx context.Context, req *platformv1.Get
 	if err != nil {
 		return nil, storeError(ctx, s.Logger, "conversation", err)
 	}
-	return &platformv1.GetConversationResponse{Conversation: protoconv.ConversationToProto(c)}, nil
+	out := protoconv.ConversationToProto(c)
+	if err := s.fillReadState(ctx, p.TenantID, p.Subject, []*platformv1.Conversation{out}); err != nil {
+		return nil, storeError(ctx, s.Logger, "read state", err)
+	}
+	return &platformv1.GetConversationResponse{Conversation: out}, nil
 }
 
-// ListConversations lists the caller's conversations, newest first.
+// ListConversations lists the caller's conversations, newest first, each with the caller's read state.
 func (s *Conversations) ListConversations(ctx context.Context, req *platformv1.ListConversationsRequest) (*platformv1.ListConversationsResponse, error) {
 	p, err := principal(ctx)
 	if err != nil {
@@ -177,6 +181,9 @@ func (s *Conversations) ListConversations(ctx context.Context, req *platformv1.L
 	resp := &platformv1.ListConversationsResponse{NextPageToken: next}
 	for _, c := range cs {
 		resp.Conversations = append(resp.Conversations, protoconv.ConversationToProto(c))
+	}
+	if err := s.fillReadState(ctx, p.TenantID, p.Subject, resp.Conversations); err != nil {
+		return nil, storeError(ctx, s.Logger, "read state", err)
 	}
 	return resp, nil
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/msgplatform/platform/internal/events"
 	"github.com/msgplatform/platform/internal/protoconv"
 	"github.com/msgplatform/platform/internal/requestid"
+	"github.com/msgplatform/platform/internal/store"
 	"github.com/msgplatform/platform/internal/stream"
 )
 
@@ -59,7 +60,7 @@ func validBody(v *violations, field, body string) {
 // sendFields maps the envelope's field names to the SendMessageRequest's, for the violations a request
 // can cause (sender and tenant come from the token, checked when it was verified).
 var sendFields = map[string]string{"conversation_id": "conversation_id", "body": "body",
-	"client_message_id": "client_message_id", "metadata": "metadata"}
+	"client_message_id": "client_message_id", "metadata": "metadata", "thread_id": "reply_to_message_id"}
 
 // validateSend checks the message SendMessage is about to publish with envelope.Validate, the rules the
 // pipeline's validate stage applies: what is accepted here is never refused there.
@@ -100,6 +101,11 @@ func (s *Messages) SendMessage(ctx context.Context, req *platformv1.SendMessageR
 	if err := s.activeConversation(ctx, p.TenantID, convID); err != nil {
 		return nil, err
 	}
+	if replyTo := req.GetReplyToMessageId(); replyTo != "" {
+		if in.ThreadId, err = s.threadOf(ctx, p.TenantID, convID, replyTo); err != nil {
+			return nil, err
+		}
+	}
 	var key string
 	if cmid := req.GetClientMessageId(); cmid != "" {
 		key = sendKey(p.TenantID, convID, p.Subject, cmid)
@@ -139,6 +145,28 @@ func (s *Messages) SendMessage(ctx context.Context, req *platformv1.SendMessageR
 	return &platformv1.SendMessageResponse{MessageId: id, State: platformv1.MessageState_MESSAGE_STATE_ACCEPTED, CreateTime: in.GetSendTime()}, nil
 }
 
+// threadOf returns the thread a reply to replyTo joins: replyTo's own when it is a root, its root's when
+// it is a reply. INVALID_ARGUMENT when replyTo is not a message of the conversation; FAILED_PRECONDITION
+// when it, or its root, is deleted.
+func (s *Messages) threadOf(ctx context.Context, tenant, convID, replyTo string) (string, error) {
+	m, err := s.Store.Messages.Get(ctx, tenant, convID, replyTo)
+	if errors.Is(err, store.ErrNotFound) {
+		return "", invalid("reply_to_message_id", "not a message of this conversation")
+	}
+	if err != nil {
+		return "", storeError(ctx, s.Logger, "message", err)
+	}
+	if m.ThreadID != "" {
+		if m, err = s.Store.Messages.Get(ctx, tenant, convID, m.ThreadID); err != nil {
+			return "", storeError(ctx, s.Logger, "thread root", err)
+		}
+	}
+	if m.State == store.MessageDeleted {
+		return "", status.Error(codes.FailedPrecondition, "the thread's root message is deleted: it takes no new replies")
+	}
+	return m.ID, nil
+}
+
 // activeConversation refuses a conversation that is missing in the tenant or archived, through the
 // conversation cache.
 func (s *Messages) activeConversation(ctx context.Context, tenant, convID string) error {
@@ -153,7 +181,8 @@ func (s *Messages) activeConversation(ctx context.Context, tenant, convID string
 	}
 }
 
-// ListMessages lists persisted, not deleted messages, newest first.
+// ListMessages lists persisted, not deleted messages, newest first: the top-level ones, or with thread_id
+// that thread's replies.
 func (s *Messages) ListMessages(ctx context.Context, req *platformv1.ListMessagesRequest) (*platformv1.ListMessagesResponse, error) {
 	p, err := principal(ctx)
 	if err != nil {
@@ -163,7 +192,13 @@ func (s *Messages) ListMessages(ctx context.Context, req *platformv1.ListMessage
 	if err != nil {
 		return nil, err
 	}
-	ms, next, err := s.Store.Messages.List(ctx, p.TenantID, req.GetConversationId(), size, req.GetPageToken())
+	var ms []store.Message
+	var next string
+	if th := req.GetThreadId(); th != "" {
+		ms, next, err = s.Store.Messages.ListThread(ctx, p.TenantID, req.GetConversationId(), th, size, req.GetPageToken())
+	} else {
+		ms, next, err = s.Store.Messages.List(ctx, p.TenantID, req.GetConversationId(), size, req.GetPageToken())
+	}
 	if err != nil {
 		return nil, storeError(ctx, s.Logger, "messages", err)
 	}
@@ -303,6 +338,11 @@ func (s *Messages) forward(ctx context.Context, p auth.Principal, ev *platformv1
 			return status.Error(codes.PermissionDenied, "no longer a member of this conversation")
 		}
 		return nil
+	case platformv1.EventType_EVENT_TYPE_READ_STATE_UPDATED:
+		if ev.GetReadState().GetUserId() != p.Subject {
+			return nil // another member's read state is its own business
+		}
+		return srv.Send(&platformv1.StreamMessagesResponse{Type: ev.GetType(), ReadState: ev.GetReadState()})
 	case platformv1.EventType_EVENT_TYPE_MESSAGE_PERSISTED, platformv1.EventType_EVENT_TYPE_MESSAGE_UPDATED, platformv1.EventType_EVENT_TYPE_MESSAGE_DELETED:
 		if err := authz.Status(s.authz.Decide(ctx, p, authz.Request{Permission: authz.MessageRead, ConversationID: ev.GetConversationId(), RequireMembership: true})); err != nil {
 			return err

@@ -82,6 +82,7 @@ var expected = map[string][]codes.Code{
 	"MessageService/UpdateMessage":           {u, ok, pd, pd, pd, pd, pd, pd, nf}, // mia's message: author only
 	"MessageService/DeleteMessage":           {u, ok, pd, pd, ok, ok, pd, pd, nf}, // author, or owner/admin
 	"MessageService/StreamMessages":          {u, ok, pd, ok, ok, ok, ok, pd, nf},
+	"MessageService/MarkRead":                {u, ok, pd, ok, ok, ok, ok, pd, nf},
 	"DeadLetterService/ListDeadLetters":      {u, pd, pd, pd, pd, pd, pd, ok, pd},
 	"DeadLetterService/GetDeadLetter":        {u, pd, pd, pd, pd, pd, pd, ok, pd},
 	"DeadLetterService/RetryDeadLetter":      {u, pd, pd, pd, pd, pd, pd, ok, pd},

@@ -51,8 +51,8 @@ func TestBuildRulesFromDescriptors(t *testing.T) {
 	if r := rules["/platform.v1.ConversationService/UpdateConversation"]; len(r.ConversationField) != 2 || r.ConversationField[1] != "id" {
 		t.Errorf("UpdateConversation conversation field = %v, want conversation.id", r.ConversationField)
 	}
-	if len(rules) != 22 {
-		t.Errorf("%d rules, want 22", len(rules))
+	if len(rules) != 23 {
+		t.Errorf("%d rules, want 23", len(rules))
 	}
 }
 

@@ -55,6 +55,12 @@ func BenchmarkGoals(b *testing.B) {
 		}
 		results["rest_vs_grpc_latency_ratio"] = r.Ratio
 		fmt.Printf("latency: GetConversation p50 REST %.1f µs, gRPC %.1f µs\n", r.P50RESTMicros, r.P50GRPCMicros)
+		u, err := latency.MeasureUnreadList(b, 200, 50, 50)
+		if err != nil {
+			return err
+		}
+		results["list_conversations_unread_p50_ms"] = u.P50Millis
+		fmt.Printf("latency: ListConversations with unread counts (200 × 50 unread) p50 %.1f ms, p90 %.1f ms\n", u.P50Millis, u.P90Millis)
 		return nil
 	})
 	measure("ingest", func(b *testing.B) error {

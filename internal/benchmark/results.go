@@ -37,6 +37,7 @@ var Goals = []Goal{
 	{"pipeline_vs_insert_one", ">=", 10, "pipeline records/s ÷ a consumer doing one insert per record"},
 	{"authz_latency_ratio", "<=", 1.10, "p50 authorized call (warm cache) ÷ same handler without interceptors"},
 	{"rest_vs_grpc_latency_ratio", "<=", 2.0, "p50 GetConversation via REST ÷ via gRPC"},
+	{"list_conversations_unread_p50_ms", "", 0, "p50 ms of ListConversations (gRPC, one page of 200) with unread counts, a user in 200 conversations with 50 unread each"},
 	{"send_to_persisted_p99_ms_at_2000", "<=", 50, "p99 ms from SendMessage's return to readable, 2,000 msgs/s for 30 s"},
 	{"send_to_persisted_p50_ms_at_2000", "", 0, "p50 of the same"},
 	{"pipeline_rss_mib_1m_backlog", "<=", 256, "peak RSS (MiB) of the pipeline process draining 1,000,000 records"},

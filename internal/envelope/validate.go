@@ -76,6 +76,13 @@ func Validate(m *platformv1.InboundMessage) error {
 	case !utf8.ValidString(cmid):
 		add("client_message_id", "must be UTF-8")
 	}
+	if th := m.GetThreadId(); th != "" {
+		if _, err := ulid.ParseStrict(th); err != nil {
+			add("thread_id", "want a ULID")
+		} else if th == m.GetId() {
+			add("thread_id", "a message cannot reply to itself")
+		}
+	}
 	if n := len(m.GetMetadata()); n > MaxMetadata {
 		add("metadata", "at most %d entries (got %d)", MaxMetadata, n)
 	}

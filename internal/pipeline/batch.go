@@ -38,6 +38,9 @@ type Item struct {
 	Message store.Message
 	// Duplicate: persist found the message already stored (a redelivery).
 	Duplicate bool
+	// Root is, for a reply, its thread's root as persist left it after recounting its replies (nil when
+	// the root could not be read back); notify publishes it as EVENT_TYPE_MESSAGE_UPDATED.
+	Root *store.Message
 
 	err   error
 	class Class

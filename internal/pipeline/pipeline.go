@@ -63,7 +63,7 @@ func stages(d Deps) ([]Stage, error) {
 		tenantStage{convs: convs, active: d.Active},
 		authorizeStage{authz: d.Authorizer},
 		transformStage{},
-		persistStage{w: d.Writer},
+		persistStage{w: d.Writer, st: d.Store},
 		notifyStage{events: d.Events},
 		metrics,
 	}, nil

@@ -8,6 +8,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	platformv1 "github.com/msgplatform/platform/gen/platform/v1"
+	"github.com/msgplatform/platform/internal/events"
 	"github.com/msgplatform/platform/internal/protoconv"
 )
 
@@ -32,9 +33,14 @@ type notifyStage struct{ events Events }
 
 func (notifyStage) Name() string { return StageNotify }
 
+// A reply whose root persist recounted is followed by the root's EVENT_TYPE_MESSAGE_UPDATED (its new
+// reply_count and last_reply_time), with the id the change-stream watcher gives the same change
+// (events.MessageEventID), so the two, and the repeats of a redelivery, deduplicate.
 func (s notifyStage) Process(ctx context.Context, b *Batch) {
-	evs := make([]*platformv1.Event, len(b.Items))
+	evs := make([]*platformv1.Event, len(b.Items), len(b.Items)+1)
+	owner := make([]int, len(b.Items), len(b.Items)+1) // the item each event is for
 	for i, it := range b.Items {
+		owner[i] = i
 		m := it.Message
 		evs[i] = &platformv1.Event{
 			Id:             m.ID,
@@ -49,9 +55,24 @@ func (s notifyStage) Process(ctx context.Context, b *Batch) {
 			evs[i].EventTime = timestamppb.New(m.PersistTime)
 		}
 	}
-	for i, err := range s.events.PublishBatch(ctx, evs) {
-		if err != nil {
-			b.Items[i].Fail(Transient, fmt.Errorf("publish persisted event: %w", err))
+	for i, it := range b.Items {
+		if r := it.Root; r != nil {
+			evs = append(evs, &platformv1.Event{
+				Id:             events.MessageEventID(r.ID, r.Version),
+				Type:           platformv1.EventType_EVENT_TYPE_MESSAGE_UPDATED,
+				TenantId:       r.TenantID,
+				ConversationId: r.ConversationID,
+				ActorId:        it.Message.SenderID,
+				RequestId:      it.Message.RequestID,
+				EventTime:      timestamppb.New(r.UpdateTime),
+				Payload:        &platformv1.Event_Message{Message: protoconv.MessageToProto(*r)},
+			})
+			owner = append(owner, i)
+		}
+	}
+	for k, err := range s.events.PublishBatch(ctx, evs) {
+		if err != nil && !b.Items[owner[k]].Failed() {
+			b.Items[owner[k]].Fail(Transient, fmt.Errorf("publish persisted event: %w", err))
 		}
 	}
 }

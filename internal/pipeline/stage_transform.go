@@ -39,6 +39,7 @@ func (transformStage) Process(_ context.Context, b *Batch) {
 			Mentions:        Mentions(body),
 			State:           store.MessagePersisted,
 			RequestID:       in.GetRequestId(),
+			ThreadID:        in.GetThreadId(),
 		}
 		if ts := in.GetSendTime(); ts != nil {
 			m.CreateTime = ts.AsTime()

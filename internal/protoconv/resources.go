@@ -79,5 +79,6 @@ func MessageToProto(m store.Message) *platformv1.Message {
 		Mentions: m.Mentions, CreateTime: ts(m.CreateTime), PersistTime: ts(m.PersistTime),
 		UpdateTime: ts(m.UpdateTime), EditTime: tsPtr(m.EditTime), DeleteTime: tsPtr(m.DeleteTime),
 		Version: m.Version, RequestId: m.RequestID,
+		ThreadId: m.ThreadID, ReplyCount: m.ReplyCount, LastReplyTime: tsPtr(m.LastReplyTime),
 	}
 }

@@ -46,6 +46,8 @@ type Member struct {
 	AddedBy        string
 	CreateTime     time.Time // when the user joined
 	UpdateTime     time.Time // when the membership (role) last changed
+	// LastReadMessageID is the member's read cursor: the newest message it has read, "" if none yet.
+	LastReadMessageID string
 }
 
 // memberDoc is a document of the memberships collection, one per membership.
@@ -58,6 +60,8 @@ type memberDoc struct {
 	AddedBy        string    `bson:"added_by"`
 	CreateTime     time.Time `bson:"create_time"`
 	UpdateTime     time.Time `bson:"update_time"`
+	// LastRead is the read cursor, only ever moved forward ($max): see Members.MarkRead.
+	LastRead string `bson:"last_read_message_id,omitempty"`
 }
 
 func (d memberDoc) member() Member {
@@ -69,6 +73,8 @@ func (d memberDoc) member() Member {
 		AddedBy:        d.AddedBy,
 		CreateTime:     d.CreateTime.UTC(),
 		UpdateTime:     d.UpdateTime.UTC(),
+
+		LastReadMessageID: d.LastRead,
 	}
 }
 

@@ -41,6 +41,11 @@ type Message struct {
 	DeleteTime      *time.Time
 	Version         int64
 	RequestID       string
+	// ThreadID is the root's id on a reply, "" on a top-level message.
+	ThreadID string
+	// ReplyCount and LastReplyTime are a root's thread counters (see Messages.RecountThreads).
+	ReplyCount    int32
+	LastReplyTime *time.Time
 }
 
 // messageDoc is a document of the messages collection.
@@ -61,12 +66,15 @@ type messageDoc struct {
 	DeleteTime      *time.Time `bson:"delete_time,omitempty"`
 	Version         int64      `bson:"version"`
 	RequestID       string     `bson:"request_id,omitempty"`
+	ThreadID        string     `bson:"thread_id,omitempty"`
+	ReplyCount      int32      `bson:"reply_count,omitempty"`
+	LastReplyTime   *time.Time `bson:"last_reply_time,omitempty"`
 }
 
 // contentBytes is about what the message weighs in a response: its strings (the fixed-size fields add a
 // few dozen bytes, well inside MaxPageBytes' margin).
 func (d messageDoc) contentBytes() int {
-	n := len(d.ID) + len(d.TenantID) + len(d.ConversationID) + len(d.SenderID) + len(d.Body) + len(d.ClientMessageID) + len(d.RequestID) + 64
+	n := len(d.ID) + len(d.TenantID) + len(d.ConversationID) + len(d.SenderID) + len(d.Body) + len(d.ClientMessageID) + len(d.RequestID) + len(d.ThreadID) + 80
 	for _, p := range d.Metadata {
 		n += len(p.K) + len(p.V)
 	}
@@ -134,6 +142,9 @@ func (d messageDoc) message() Message {
 		DeleteTime:      storeTimePtr(d.DeleteTime),
 		Version:         d.Version,
 		RequestID:       d.RequestID,
+		ThreadID:        d.ThreadID,
+		ReplyCount:      d.ReplyCount,
+		LastReplyTime:   storeTimePtr(d.LastReplyTime),
 	}
 }
 
@@ -218,6 +229,9 @@ func newMessageDoc(m Message, now time.Time) messageDoc {
 		DeleteTime:      storeTimePtr(m.DeleteTime),
 		Version:         m.Version,
 		RequestID:       m.RequestID,
+		ThreadID:        m.ThreadID,
+		ReplyCount:      m.ReplyCount,
+		LastReplyTime:   storeTimePtr(m.LastReplyTime),
 	}
 }
 
@@ -262,21 +276,44 @@ func (r *Messages) Get(ctx context.Context, tenantID, conversationID, id string)
 	return doc.message(), nil
 }
 
-// List returns the conversation's persisted messages (not deleted ones, not merely accepted ones), by id
-// descending (newest first), keyset-paginated on the id: messages stored between page fetches are newer
-// than the cursor and never shift later pages. pageSize goes through PageSize; the next (older) page token
-// is "" on the last page. ErrBadPageToken for a token not issued by this list for the same tenant and
-// conversation. A conversation not in tenantID lists empty.
+// List returns the conversation's persisted top-level messages (not replies, not deleted ones, not merely
+// accepted ones), by id descending (newest first), keyset-paginated on the id: messages stored between
+// page fetches are newer than the cursor and never shift later pages. pageSize goes through PageSize; the
+// next (older) page token is "" on the last page. ErrBadPageToken for a token not issued by this list for
+// the same tenant and conversation. A conversation not in tenantID lists empty.
 func (r *Messages) List(ctx context.Context, tenantID, conversationID string, pageSize int, pageToken string) ([]Message, string, error) {
+	return r.list(ctx, tenantID, conversationID, "", pageSize, pageToken)
+}
+
+// ListThread is List over the replies of the thread whose root is threadID (the root itself excluded).
+// Its page tokens are bound to the thread.
+func (r *Messages) ListThread(ctx context.Context, tenantID, conversationID, threadID string, pageSize int, pageToken string) ([]Message, string, error) {
+	if threadID == "" {
+		return nil, "", fmt.Errorf("list thread: %w", errMissing("thread id"))
+	}
+	return r.list(ctx, tenantID, conversationID, threadID, pageSize, pageToken)
+}
+
+// list serves List (threadID "": thread_id absent) and ListThread, on the index {tenant_id,
+// conversation_id, thread_id, _id}.
+func (r *Messages) list(ctx context.Context, tenantID, conversationID, threadID string, pageSize int, pageToken string) ([]Message, string, error) {
 	size := PageSize(pageSize)
 	scope := tokenScope(tenantID, conversationID)
+	if threadID != "" {
+		scope = tokenScope(tenantID, conversationID, "thread", threadID)
+	}
 	after, err := decodePageToken(pageToken, tokenMessages, scope)
 	if err != nil {
 		return nil, "", fmt.Errorf("list messages: %w", err)
 	}
+	var thread any // nil matches a missing thread_id: a top-level message
+	if threadID != "" {
+		thread = threadID
+	}
 	filter := bson.D{
 		{Key: "tenant_id", Value: tenantID},
 		{Key: "conversation_id", Value: conversationID},
+		{Key: "thread_id", Value: thread},
 		{Key: "state", Value: string(MessagePersisted)},
 	}
 	if after != "" {

@@ -90,6 +90,9 @@ type indexSpec struct {
 	collection string
 	keys       bson.D
 	unique     bool
+	// sparse: only the documents that have the keys' fields are indexed. Not compared with what the
+	// server lists (FerretDB does not report it); the keys name the index.
+	sparse bool
 	// ttl: a TTL index (expireAfterSeconds 0: a document goes once the time in its one key has passed).
 	// Housekeeping only, never relied on for correctness: a server without TTL indexes (FerretDB answers
 	// NotImplemented) gets none, and EnsureIndexes goes on.
@@ -105,8 +108,12 @@ var indexSpecs = []indexSpec{
 	{collection: MembershipsCollection, keys: bson.D{{Key: "tenant_id", Value: 1}, {Key: "conversation_id", Value: 1}, {Key: "user_id", Value: 1}}, unique: true},
 	// ListForUser (keyset by conversation id, walked backwards for newest first).
 	{collection: MembershipsCollection, keys: bson.D{{Key: "tenant_id", Value: 1}, {Key: "user_id", Value: 1}, {Key: "conversation_id", Value: 1}}},
-	// Messages.List: newest first within a conversation, keyset by id.
+	// Newest first within a conversation, keyset by id: List, ListAfter; UnreadCounts (a range after a cursor).
 	{collection: MessagesCollection, keys: bson.D{{Key: "tenant_id", Value: 1}, {Key: "conversation_id", Value: 1}, {Key: "_id", Value: -1}}},
+	// Messages.ListThread and RecountThreads: a thread's replies, newest first. Sparse: only replies have a
+	// thread_id, so storing a top-level message does not touch it (List, thread_id null, walks the index
+	// above and skips the replies).
+	{collection: MessagesCollection, keys: bson.D{{Key: "tenant_id", Value: 1}, {Key: "conversation_id", Value: 1}, {Key: "thread_id", Value: 1}, {Key: "_id", Value: -1}}, sparse: true},
 	// Membership locks and takeover fences a crashed process left behind, removed once expired (a lock is
 	// found by _id alone; an expired one is taken over whether or not this index removed it).
 	{collection: MembershipLocksCollection, keys: bson.D{{Key: "expire_time", Value: 1}}, ttl: true},
@@ -169,6 +176,9 @@ func ensureIndexes(ctx context.Context, coll *mongo.Collection, specs []indexSpe
 		}
 		if spec.ttl {
 			model.Options = options.Index().SetExpireAfterSeconds(0)
+		}
+		if spec.sparse {
+			model.Options = options.Index().SetSparse(true)
 		}
 		_, err = coll.Indexes().CreateOne(ctx, model)
 		if spec.ttl && isNotImplemented(err) {

@@ -161,9 +161,15 @@ type Conversation struct {
 	DeleteTime *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=delete_time,json=deleteTime,proto3" json:"delete_time,omitempty"`
 	// Optimistic-concurrency version, incremented on every change. In an update, a non-zero version is a
 	// precondition: a mismatch is ABORTED.
-	Version       int64 `protobuf:"varint,10,opt,name=version,proto3" json:"version,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Version int64 `protobuf:"varint,10,opt,name=version,proto3" json:"version,omitempty"`
+	// For the caller: persisted messages after its read cursor not sent by it, top-level and replies
+	// alike. Filled by GetConversation and ListConversations.
+	UnreadCount int64 `protobuf:"varint,11,opt,name=unread_count,json=unreadCount,proto3" json:"unread_count,omitempty"`
+	// For the caller: the newest message it has read (MarkRead, or its own newest message); empty if none.
+	// Filled by GetConversation and ListConversations.
+	LastReadMessageId string `protobuf:"bytes,12,opt,name=last_read_message_id,json=lastReadMessageId,proto3" json:"last_read_message_id,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *Conversation) Reset() {
@@ -264,6 +270,20 @@ func (x *Conversation) GetVersion() int64 {
 		return x.Version
 	}
 	return 0
+}
+
+func (x *Conversation) GetUnreadCount() int64 {
+	if x != nil {
+		return x.UnreadCount
+	}
+	return 0
+}
+
+func (x *Conversation) GetLastReadMessageId() string {
+	if x != nil {
+		return x.LastReadMessageId
+	}
+	return ""
 }
 
 // Member is a user's membership of a conversation.
@@ -1178,7 +1198,7 @@ var File_platform_v1_conversations_proto protoreflect.FileDescriptor
 
 const file_platform_v1_conversations_proto_rawDesc = "" +
 	"\n" +
-	"\x1fplatform/v1/conversations.proto\x12\vplatform.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18platform/v1/access.proto\"\xc2\x03\n" +
+	"\x1fplatform/v1/conversations.proto\x12\vplatform.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18platform/v1/access.proto\"\xa0\x04\n" +
 	"\fConversation\x12\x13\n" +
 	"\x02id\x18\x01 \x01(\tB\x03\xe0A\bR\x02id\x12 \n" +
 	"\ttenant_id\x18\x02 \x01(\tB\x03\xe0A\x03R\btenantId\x12\x14\n" +
@@ -1194,7 +1214,9 @@ const file_platform_v1_conversations_proto_rawDesc = "" +
 	"\vdelete_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\n" +
 	"deleteTime\x12\x18\n" +
 	"\aversion\x18\n" +
-	" \x01(\x03R\aversion\"\xf2\x01\n" +
+	" \x01(\x03R\aversion\x12&\n" +
+	"\funread_count\x18\v \x01(\x03B\x03\xe0A\x03R\vunreadCount\x124\n" +
+	"\x14last_read_message_id\x18\f \x01(\tB\x03\xe0A\x03R\x11lastReadMessageId\"\xf2\x01\n" +
 	"\x06Member\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12+\n" +
 	"\x04role\x18\x02 \x01(\x0e2\x17.platform.v1.MemberRoleR\x04role\x12\x1e\n" +

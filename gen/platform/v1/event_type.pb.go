@@ -43,6 +43,8 @@ const (
 	EventType_EVENT_TYPE_CONVERSATION_UPDATED EventType = 7
 	// A conversation was archived.
 	EventType_EVENT_TYPE_CONVERSATION_DELETED EventType = 8
+	// A member's read cursor moved (MarkRead). Streams deliver it to that member only.
+	EventType_EVENT_TYPE_READ_STATE_UPDATED EventType = 9
 )
 
 // Enum value maps for EventType.
@@ -57,6 +59,7 @@ var (
 		6: "EVENT_TYPE_CONVERSATION_CREATED",
 		7: "EVENT_TYPE_CONVERSATION_UPDATED",
 		8: "EVENT_TYPE_CONVERSATION_DELETED",
+		9: "EVENT_TYPE_READ_STATE_UPDATED",
 	}
 	EventType_value = map[string]int32{
 		"EVENT_TYPE_UNSPECIFIED":          0,
@@ -68,6 +71,7 @@ var (
 		"EVENT_TYPE_CONVERSATION_CREATED": 6,
 		"EVENT_TYPE_CONVERSATION_UPDATED": 7,
 		"EVENT_TYPE_CONVERSATION_DELETED": 8,
+		"EVENT_TYPE_READ_STATE_UPDATED":   9,
 	}
 )
 
@@ -102,7 +106,7 @@ var File_platform_v1_event_type_proto protoreflect.FileDescriptor
 
 const file_platform_v1_event_type_proto_rawDesc = "" +
 	"\n" +
-	"\x1cplatform/v1/event_type.proto\x12\vplatform.v1*\xb4\x02\n" +
+	"\x1cplatform/v1/event_type.proto\x12\vplatform.v1*\xd7\x02\n" +
 	"\tEventType\x12\x1a\n" +
 	"\x16EVENT_TYPE_UNSPECIFIED\x10\x00\x12 \n" +
 	"\x1cEVENT_TYPE_MESSAGE_PERSISTED\x10\x01\x12\x1e\n" +
@@ -112,7 +116,8 @@ const file_platform_v1_event_type_proto_rawDesc = "" +
 	"\x19EVENT_TYPE_MEMBER_REMOVED\x10\x05\x12#\n" +
 	"\x1fEVENT_TYPE_CONVERSATION_CREATED\x10\x06\x12#\n" +
 	"\x1fEVENT_TYPE_CONVERSATION_UPDATED\x10\a\x12#\n" +
-	"\x1fEVENT_TYPE_CONVERSATION_DELETED\x10\bB<Z:github.com/msgplatform/platform/gen/platform/v1;platformv1b\x06proto3"
+	"\x1fEVENT_TYPE_CONVERSATION_DELETED\x10\b\x12!\n" +
+	"\x1dEVENT_TYPE_READ_STATE_UPDATED\x10\tB<Z:github.com/msgplatform/platform/gen/platform/v1;platformv1b\x06proto3"
 
 var (
 	file_platform_v1_event_type_proto_rawDescOnce sync.Once

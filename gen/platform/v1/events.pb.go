@@ -46,7 +46,10 @@ type InboundMessage struct {
 	SendTime *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=send_time,json=sendTime,proto3" json:"send_time,omitempty"`
 	// Platform roles of the sender's token at send time, so the pipeline's authorize stage decides exactly
 	// as the API did (a `service` sends without membership).
-	SenderRoles   []string `protobuf:"bytes,10,rep,name=sender_roles,json=senderRoles,proto3" json:"sender_roles,omitempty"`
+	SenderRoles []string `protobuf:"bytes,10,rep,name=sender_roles,json=senderRoles,proto3" json:"sender_roles,omitempty"`
+	// The thread's root when the message is a reply (resolved by the API: a reply to a reply carries the
+	// root's id); empty for a top-level message. The pipeline checks the root again.
+	ThreadId      string `protobuf:"bytes,11,opt,name=thread_id,json=threadId,proto3" json:"thread_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -151,6 +154,13 @@ func (x *InboundMessage) GetSenderRoles() []string {
 	return nil
 }
 
+func (x *InboundMessage) GetThreadId() string {
+	if x != nil {
+		return x.ThreadId
+	}
+	return ""
+}
+
 // Event is a record of the `messages.events` topic, keyed by conversation_id. Consumers (streams,
 // notification) deduplicate on id.
 type Event struct {
@@ -176,6 +186,7 @@ type Event struct {
 	//	*Event_Message
 	//	*Event_Member
 	//	*Event_Conversation
+	//	*Event_ReadState
 	Payload       isEvent_Payload `protobuf_oneof:"payload"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -294,6 +305,15 @@ func (x *Event) GetConversation() *Conversation {
 	return nil
 }
 
+func (x *Event) GetReadState() *ReadState {
+	if x != nil {
+		if x, ok := x.Payload.(*Event_ReadState); ok {
+			return x.ReadState
+		}
+	}
+	return nil
+}
+
 type isEvent_Payload interface {
 	isEvent_Payload()
 }
@@ -313,17 +333,24 @@ type Event_Conversation struct {
 	Conversation *Conversation `protobuf:"bytes,10,opt,name=conversation,proto3,oneof"`
 }
 
+type Event_ReadState struct {
+	// For read-state events.
+	ReadState *ReadState `protobuf:"bytes,11,opt,name=read_state,json=readState,proto3,oneof"`
+}
+
 func (*Event_Message) isEvent_Payload() {}
 
 func (*Event_Member) isEvent_Payload() {}
 
 func (*Event_Conversation) isEvent_Payload() {}
 
+func (*Event_ReadState) isEvent_Payload() {}
+
 var File_platform_v1_events_proto protoreflect.FileDescriptor
 
 const file_platform_v1_events_proto_rawDesc = "" +
 	"\n" +
-	"\x18platform/v1/events.proto\x12\vplatform.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fplatform/v1/conversations.proto\x1a\x1cplatform/v1/event_type.proto\x1a\x1aplatform/v1/messages.proto\"\xc2\x03\n" +
+	"\x18platform/v1/events.proto\x12\vplatform.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fplatform/v1/conversations.proto\x1a\x1cplatform/v1/event_type.proto\x1a\x1aplatform/v1/messages.proto\"\xdf\x03\n" +
 	"\x0eInboundMessage\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
 	"\ttenant_id\x18\x02 \x01(\tR\btenantId\x12'\n" +
@@ -336,10 +363,11 @@ const file_platform_v1_events_proto_rawDesc = "" +
 	"request_id\x18\b \x01(\tR\trequestId\x127\n" +
 	"\tsend_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\bsendTime\x12!\n" +
 	"\fsender_roles\x18\n" +
-	" \x03(\tR\vsenderRoles\x1a;\n" +
+	" \x03(\tR\vsenderRoles\x12\x1b\n" +
+	"\tthread_id\x18\v \x01(\tR\bthreadId\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xab\x03\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xe4\x03\n" +
 	"\x05Event\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12*\n" +
 	"\x04type\x18\x02 \x01(\x0e2\x16.platform.v1.EventTypeR\x04type\x12\x1b\n" +
@@ -353,7 +381,9 @@ const file_platform_v1_events_proto_rawDesc = "" +
 	"\amessage\x18\b \x01(\v2\x14.platform.v1.MessageH\x00R\amessage\x12-\n" +
 	"\x06member\x18\t \x01(\v2\x13.platform.v1.MemberH\x00R\x06member\x12?\n" +
 	"\fconversation\x18\n" +
-	" \x01(\v2\x19.platform.v1.ConversationH\x00R\fconversationB\t\n" +
+	" \x01(\v2\x19.platform.v1.ConversationH\x00R\fconversation\x127\n" +
+	"\n" +
+	"read_state\x18\v \x01(\v2\x16.platform.v1.ReadStateH\x00R\treadStateB\t\n" +
 	"\apayloadB<Z:github.com/msgplatform/platform/gen/platform/v1;platformv1b\x06proto3"
 
 var (
@@ -378,6 +408,7 @@ var file_platform_v1_events_proto_goTypes = []any{
 	(*Message)(nil),               // 5: platform.v1.Message
 	(*Member)(nil),                // 6: platform.v1.Member
 	(*Conversation)(nil),          // 7: platform.v1.Conversation
+	(*ReadState)(nil),             // 8: platform.v1.ReadState
 }
 var file_platform_v1_events_proto_depIdxs = []int32{
 	2, // 0: platform.v1.InboundMessage.metadata:type_name -> platform.v1.InboundMessage.MetadataEntry
@@ -387,11 +418,12 @@ var file_platform_v1_events_proto_depIdxs = []int32{
 	5, // 4: platform.v1.Event.message:type_name -> platform.v1.Message
 	6, // 5: platform.v1.Event.member:type_name -> platform.v1.Member
 	7, // 6: platform.v1.Event.conversation:type_name -> platform.v1.Conversation
-	7, // [7:7] is the sub-list for method output_type
-	7, // [7:7] is the sub-list for method input_type
-	7, // [7:7] is the sub-list for extension type_name
-	7, // [7:7] is the sub-list for extension extendee
-	0, // [0:7] is the sub-list for field type_name
+	8, // 7: platform.v1.Event.read_state:type_name -> platform.v1.ReadState
+	8, // [8:8] is the sub-list for method output_type
+	8, // [8:8] is the sub-list for method input_type
+	8, // [8:8] is the sub-list for extension type_name
+	8, // [8:8] is the sub-list for extension extendee
+	0, // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_platform_v1_events_proto_init() }
@@ -406,6 +438,7 @@ func file_platform_v1_events_proto_init() {
 		(*Event_Message)(nil),
 		(*Event_Member)(nil),
 		(*Event_Conversation)(nil),
+		(*Event_ReadState)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{

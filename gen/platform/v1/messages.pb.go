@@ -115,7 +115,15 @@ type Message struct {
 	// Optimistic-concurrency version. In an update, a non-zero version is a precondition: a mismatch is ABORTED.
 	Version int64 `protobuf:"varint,15,opt,name=version,proto3" json:"version,omitempty"`
 	// Request id of the SendMessage call, for tracing from the API to storage and the DLQ.
-	RequestId     string `protobuf:"bytes,16,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	RequestId string `protobuf:"bytes,16,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// The id of the thread's root when this message is a reply; empty on a top-level message. A reply to
+	// a reply joins the root's thread.
+	ThreadId string `protobuf:"bytes,17,opt,name=thread_id,json=threadId,proto3" json:"thread_id,omitempty"`
+	// On a root: how many replies its thread has (deleted ones included: their tombstones stay in the
+	// thread). Kept by the pipeline, exact under redelivery.
+	ReplyCount int32 `protobuf:"varint,18,opt,name=reply_count,json=replyCount,proto3" json:"reply_count,omitempty"`
+	// On a root: when the newest reply was accepted.
+	LastReplyTime *timestamppb.Timestamp `protobuf:"bytes,19,opt,name=last_reply_time,json=lastReplyTime,proto3" json:"last_reply_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -262,6 +270,27 @@ func (x *Message) GetRequestId() string {
 	return ""
 }
 
+func (x *Message) GetThreadId() string {
+	if x != nil {
+		return x.ThreadId
+	}
+	return ""
+}
+
+func (x *Message) GetReplyCount() int32 {
+	if x != nil {
+		return x.ReplyCount
+	}
+	return 0
+}
+
+func (x *Message) GetLastReplyTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastReplyTime
+	}
+	return nil
+}
+
 // Request of SendMessage.
 type SendMessageRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -273,9 +302,13 @@ type SendMessageRequest struct {
 	// id for at least 24 hours.
 	ClientMessageId string `protobuf:"bytes,3,opt,name=client_message_id,json=clientMessageId,proto3" json:"client_message_id,omitempty"`
 	// Free key/value pairs: at most 16 entries, keys up to 64 bytes, values up to 512 bytes.
-	Metadata      map[string]string `protobuf:"bytes,4,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Metadata map[string]string `protobuf:"bytes,4,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Makes the message a reply in the thread of this message, which must be a message of the same
+	// conversation (INVALID_ARGUMENT otherwise) and not deleted, nor in a thread whose root is deleted
+	// (FAILED_PRECONDITION). A reply to a reply joins the root's thread.
+	ReplyToMessageId string `protobuf:"bytes,5,opt,name=reply_to_message_id,json=replyToMessageId,proto3" json:"reply_to_message_id,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *SendMessageRequest) Reset() {
@@ -334,6 +367,13 @@ func (x *SendMessageRequest) GetMetadata() map[string]string {
 		return x.Metadata
 	}
 	return nil
+}
+
+func (x *SendMessageRequest) GetReplyToMessageId() string {
+	if x != nil {
+		return x.ReplyToMessageId
+	}
+	return ""
 }
 
 // Response of SendMessage.
@@ -417,7 +457,9 @@ type ListMessagesRequest struct {
 	// Maximum items per page: default 50, at most 200.
 	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// next_page_token of the previous page; empty for the first page.
-	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	PageToken string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// Empty: the top-level messages (no replies). A root's id: the replies of its thread.
+	ThreadId      string `protobuf:"bytes,4,opt,name=thread_id,json=threadId,proto3" json:"thread_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -469,6 +511,13 @@ func (x *ListMessagesRequest) GetPageSize() int32 {
 func (x *ListMessagesRequest) GetPageToken() string {
 	if x != nil {
 		return x.PageToken
+	}
+	return ""
+}
+
+func (x *ListMessagesRequest) GetThreadId() string {
+	if x != nil {
+		return x.ThreadId
 	}
 	return ""
 }
@@ -840,6 +889,180 @@ func (x *DeleteMessageResponse) GetMessage() *Message {
 	return nil
 }
 
+// Request of MarkRead.
+type MarkReadRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The conversation.
+	ConversationId string `protobuf:"bytes,1,opt,name=conversation_id,json=conversationId,proto3" json:"conversation_id,omitempty"`
+	// The newest message the caller has read, a message of this conversation.
+	MessageId     string `protobuf:"bytes,2,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MarkReadRequest) Reset() {
+	*x = MarkReadRequest{}
+	mi := &file_platform_v1_messages_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MarkReadRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MarkReadRequest) ProtoMessage() {}
+
+func (x *MarkReadRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_platform_v1_messages_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MarkReadRequest.ProtoReflect.Descriptor instead.
+func (*MarkReadRequest) Descriptor() ([]byte, []int) {
+	return file_platform_v1_messages_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *MarkReadRequest) GetConversationId() string {
+	if x != nil {
+		return x.ConversationId
+	}
+	return ""
+}
+
+func (x *MarkReadRequest) GetMessageId() string {
+	if x != nil {
+		return x.MessageId
+	}
+	return ""
+}
+
+// Response of MarkRead.
+type MarkReadResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The caller's read cursor after the call (message_id, or a newer one it had already read).
+	LastReadMessageId string `protobuf:"bytes,1,opt,name=last_read_message_id,json=lastReadMessageId,proto3" json:"last_read_message_id,omitempty"`
+	// Persisted messages after the cursor not sent by the caller, top-level and replies alike.
+	UnreadCount   int64 `protobuf:"varint,2,opt,name=unread_count,json=unreadCount,proto3" json:"unread_count,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MarkReadResponse) Reset() {
+	*x = MarkReadResponse{}
+	mi := &file_platform_v1_messages_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MarkReadResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MarkReadResponse) ProtoMessage() {}
+
+func (x *MarkReadResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_platform_v1_messages_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MarkReadResponse.ProtoReflect.Descriptor instead.
+func (*MarkReadResponse) Descriptor() ([]byte, []int) {
+	return file_platform_v1_messages_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *MarkReadResponse) GetLastReadMessageId() string {
+	if x != nil {
+		return x.LastReadMessageId
+	}
+	return ""
+}
+
+func (x *MarkReadResponse) GetUnreadCount() int64 {
+	if x != nil {
+		return x.UnreadCount
+	}
+	return 0
+}
+
+// ReadState is one member's read state of a conversation.
+type ReadState struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The member.
+	UserId string `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	// The newest message the member has read; empty if none yet.
+	LastReadMessageId string `protobuf:"bytes,2,opt,name=last_read_message_id,json=lastReadMessageId,proto3" json:"last_read_message_id,omitempty"`
+	// Persisted messages after the cursor not sent by the member.
+	UnreadCount   int64 `protobuf:"varint,3,opt,name=unread_count,json=unreadCount,proto3" json:"unread_count,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadState) Reset() {
+	*x = ReadState{}
+	mi := &file_platform_v1_messages_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadState) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadState) ProtoMessage() {}
+
+func (x *ReadState) ProtoReflect() protoreflect.Message {
+	mi := &file_platform_v1_messages_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadState.ProtoReflect.Descriptor instead.
+func (*ReadState) Descriptor() ([]byte, []int) {
+	return file_platform_v1_messages_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ReadState) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *ReadState) GetLastReadMessageId() string {
+	if x != nil {
+		return x.LastReadMessageId
+	}
+	return ""
+}
+
+func (x *ReadState) GetUnreadCount() int64 {
+	if x != nil {
+		return x.UnreadCount
+	}
+	return 0
+}
+
 // Request of StreamMessages.
 type StreamMessagesRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -859,7 +1082,7 @@ type StreamMessagesRequest struct {
 
 func (x *StreamMessagesRequest) Reset() {
 	*x = StreamMessagesRequest{}
-	mi := &file_platform_v1_messages_proto_msgTypes[11]
+	mi := &file_platform_v1_messages_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -871,7 +1094,7 @@ func (x *StreamMessagesRequest) String() string {
 func (*StreamMessagesRequest) ProtoMessage() {}
 
 func (x *StreamMessagesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_platform_v1_messages_proto_msgTypes[11]
+	mi := &file_platform_v1_messages_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -884,7 +1107,7 @@ func (x *StreamMessagesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamMessagesRequest.ProtoReflect.Descriptor instead.
 func (*StreamMessagesRequest) Descriptor() ([]byte, []int) {
-	return file_platform_v1_messages_proto_rawDescGZIP(), []int{11}
+	return file_platform_v1_messages_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *StreamMessagesRequest) GetConversationId() string {
@@ -904,17 +1127,21 @@ func (x *StreamMessagesRequest) GetAfterMessageId() string {
 // One item of StreamMessages.
 type StreamMessagesResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// EVENT_TYPE_MESSAGE_PERSISTED, EVENT_TYPE_MESSAGE_UPDATED or EVENT_TYPE_MESSAGE_DELETED.
+	// EVENT_TYPE_MESSAGE_PERSISTED, EVENT_TYPE_MESSAGE_UPDATED (also a thread root whose reply_count
+	// changed), EVENT_TYPE_MESSAGE_DELETED, or EVENT_TYPE_READ_STATE_UPDATED (the caller's own read cursor
+	// moved; never another member's).
 	Type EventType `protobuf:"varint,1,opt,name=type,proto3,enum=platform.v1.EventType" json:"type,omitempty"`
-	// The message as it is after the event.
-	Message       *Message `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	// The message as it is after the event (message events).
+	Message *Message `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	// The caller's read state after the event (EVENT_TYPE_READ_STATE_UPDATED).
+	ReadState     *ReadState `protobuf:"bytes,3,opt,name=read_state,json=readState,proto3" json:"read_state,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StreamMessagesResponse) Reset() {
 	*x = StreamMessagesResponse{}
-	mi := &file_platform_v1_messages_proto_msgTypes[12]
+	mi := &file_platform_v1_messages_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -926,7 +1153,7 @@ func (x *StreamMessagesResponse) String() string {
 func (*StreamMessagesResponse) ProtoMessage() {}
 
 func (x *StreamMessagesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_platform_v1_messages_proto_msgTypes[12]
+	mi := &file_platform_v1_messages_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -939,7 +1166,7 @@ func (x *StreamMessagesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamMessagesResponse.ProtoReflect.Descriptor instead.
 func (*StreamMessagesResponse) Descriptor() ([]byte, []int) {
-	return file_platform_v1_messages_proto_rawDescGZIP(), []int{12}
+	return file_platform_v1_messages_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *StreamMessagesResponse) GetType() EventType {
@@ -956,11 +1183,18 @@ func (x *StreamMessagesResponse) GetMessage() *Message {
 	return nil
 }
 
+func (x *StreamMessagesResponse) GetReadState() *ReadState {
+	if x != nil {
+		return x.ReadState
+	}
+	return nil
+}
+
 var File_platform_v1_messages_proto protoreflect.FileDescriptor
 
 const file_platform_v1_messages_proto_rawDesc = "" +
 	"\n" +
-	"\x1aplatform/v1/messages.proto\x12\vplatform.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18platform/v1/access.proto\x1a\x1cplatform/v1/event_type.proto\"\xb4\x06\n" +
+	"\x1aplatform/v1/messages.proto\x12\vplatform.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18platform/v1/access.proto\x1a\x1cplatform/v1/event_type.proto\"\xc5\a\n" +
 	"\aMessage\x12\x13\n" +
 	"\x02id\x18\x01 \x01(\tB\x03\xe0A\bR\x02id\x12 \n" +
 	"\ttenant_id\x18\x02 \x01(\tB\x03\xe0A\x03R\btenantId\x12,\n" +
@@ -982,15 +1216,20 @@ const file_platform_v1_messages_proto_rawDesc = "" +
 	"deleteTime\x12\x18\n" +
 	"\aversion\x18\x0f \x01(\x03R\aversion\x12\"\n" +
 	"\n" +
-	"request_id\x18\x10 \x01(\tB\x03\xe0A\x03R\trequestId\x1a;\n" +
+	"request_id\x18\x10 \x01(\tB\x03\xe0A\x03R\trequestId\x12 \n" +
+	"\tthread_id\x18\x11 \x01(\tB\x03\xe0A\x03R\bthreadId\x12$\n" +
+	"\vreply_count\x18\x12 \x01(\x05B\x03\xe0A\x03R\n" +
+	"replyCount\x12G\n" +
+	"\x0flast_reply_time\x18\x13 \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\rlastReplyTime\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8f\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xbe\x02\n" +
 	"\x12SendMessageRequest\x12,\n" +
 	"\x0fconversation_id\x18\x01 \x01(\tB\x03\xe0A\x02R\x0econversationId\x12\x17\n" +
 	"\x04body\x18\x02 \x01(\tB\x03\xe0A\x02R\x04body\x12*\n" +
 	"\x11client_message_id\x18\x03 \x01(\tR\x0fclientMessageId\x12I\n" +
-	"\bmetadata\x18\x04 \x03(\v2-.platform.v1.SendMessageRequest.MetadataEntryR\bmetadata\x1a;\n" +
+	"\bmetadata\x18\x04 \x03(\v2-.platform.v1.SendMessageRequest.MetadataEntryR\bmetadata\x12-\n" +
+	"\x13reply_to_message_id\x18\x05 \x01(\tR\x10replyToMessageId\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc0\x01\n" +
@@ -1000,12 +1239,13 @@ const file_platform_v1_messages_proto_rawDesc = "" +
 	"\x05state\x18\x02 \x01(\x0e2\x19.platform.v1.MessageStateR\x05state\x12;\n" +
 	"\vcreate_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12\x1c\n" +
-	"\tduplicate\x18\x04 \x01(\bR\tduplicate\"\x7f\n" +
+	"\tduplicate\x18\x04 \x01(\bR\tduplicate\"\x9c\x01\n" +
 	"\x13ListMessagesRequest\x12,\n" +
 	"\x0fconversation_id\x18\x01 \x01(\tB\x03\xe0A\x02R\x0econversationId\x12\x1b\n" +
 	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\x03 \x01(\tR\tpageToken\"p\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\x12\x1b\n" +
+	"\tthread_id\x18\x04 \x01(\tR\bthreadId\"p\n" +
 	"\x14ListMessagesResponse\x120\n" +
 	"\bmessages\x18\x01 \x03(\v2\x14.platform.v1.MessageR\bmessages\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"e\n" +
@@ -1027,18 +1267,32 @@ const file_platform_v1_messages_proto_rawDesc = "" +
 	"\n" +
 	"message_id\x18\x02 \x01(\tB\x03\xe0A\x02R\tmessageId\"G\n" +
 	"\x15DeleteMessageResponse\x12.\n" +
-	"\amessage\x18\x01 \x01(\v2\x14.platform.v1.MessageR\amessage\"o\n" +
+	"\amessage\x18\x01 \x01(\v2\x14.platform.v1.MessageR\amessage\"c\n" +
+	"\x0fMarkReadRequest\x12,\n" +
+	"\x0fconversation_id\x18\x01 \x01(\tB\x03\xe0A\x02R\x0econversationId\x12\"\n" +
+	"\n" +
+	"message_id\x18\x02 \x01(\tB\x03\xe0A\x02R\tmessageId\"f\n" +
+	"\x10MarkReadResponse\x12/\n" +
+	"\x14last_read_message_id\x18\x01 \x01(\tR\x11lastReadMessageId\x12!\n" +
+	"\funread_count\x18\x02 \x01(\x03R\vunreadCount\"x\n" +
+	"\tReadState\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\x12/\n" +
+	"\x14last_read_message_id\x18\x02 \x01(\tR\x11lastReadMessageId\x12!\n" +
+	"\funread_count\x18\x03 \x01(\x03R\vunreadCount\"o\n" +
 	"\x15StreamMessagesRequest\x12,\n" +
 	"\x0fconversation_id\x18\x01 \x01(\tB\x03\xe0A\x02R\x0econversationId\x12(\n" +
-	"\x10after_message_id\x18\x02 \x01(\tR\x0eafterMessageId\"t\n" +
+	"\x10after_message_id\x18\x02 \x01(\tR\x0eafterMessageId\"\xab\x01\n" +
 	"\x16StreamMessagesResponse\x12*\n" +
 	"\x04type\x18\x01 \x01(\x0e2\x16.platform.v1.EventTypeR\x04type\x12.\n" +
-	"\amessage\x18\x02 \x01(\v2\x14.platform.v1.MessageR\amessage*\x81\x01\n" +
+	"\amessage\x18\x02 \x01(\v2\x14.platform.v1.MessageR\amessage\x125\n" +
+	"\n" +
+	"read_state\x18\x03 \x01(\v2\x16.platform.v1.ReadStateR\treadState*\x81\x01\n" +
 	"\fMessageState\x12\x1d\n" +
 	"\x19MESSAGE_STATE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16MESSAGE_STATE_ACCEPTED\x10\x01\x12\x1b\n" +
 	"\x17MESSAGE_STATE_PERSISTED\x10\x02\x12\x19\n" +
-	"\x15MESSAGE_STATE_DELETED\x10\x032\x95\t\n" +
+	"\x15MESSAGE_STATE_DELETED\x10\x032\xbd\n" +
+	"\n" +
 	"\x0eMessageService\x12\xae\x01\n" +
 	"\vSendMessage\x12\x1f.platform.v1.SendMessageRequest\x1a .platform.v1.SendMessageResponse\"\\\xc2\xf3\x18!\x12\fmessage.send\x1a\x0fconversation_id \x01\x82\xd3\xe4\x93\x021:\x01*\",/v1/conversations/{conversation_id}/messages\x12\xae\x01\n" +
 	"\fListMessages\x12 .platform.v1.ListMessagesRequest\x1a!.platform.v1.ListMessagesResponse\"Y\xc2\xf3\x18!\x12\fmessage.read\x1a\x0fconversation_id \x01\x82\xd3\xe4\x93\x02.\x12,/v1/conversations/{conversation_id}/messages\x12\xb5\x01\n" +
@@ -1047,7 +1301,8 @@ const file_platform_v1_messages_proto_rawDesc = "" +
 	"\rUpdateMessage\x12!.platform.v1.UpdateMessageRequest\x1a\".platform.v1.UpdateMessageResponse\"\x7f\xc2\xf3\x181\x12\x0emessage.update\x1a\x0fconversation_id \x01(\x012\n" +
 	"message.id\x82\xd3\xe4\x93\x02D:\amessage29/v1/conversations/{conversation_id}/messages/{message.id}\x12\xce\x01\n" +
 	"\rDeleteMessage\x12!.platform.v1.DeleteMessageRequest\x1a\".platform.v1.DeleteMessageResponse\"v\xc2\xf3\x181\x12\x0emessage.delete\x1a\x0fconversation_id \x01(\x012\n" +
-	"message_id\x82\xd3\xe4\x93\x02;*9/v1/conversations/{conversation_id}/messages/{message_id}\x12\xbd\x01\n" +
+	"message_id\x82\xd3\xe4\x93\x02;*9/v1/conversations/{conversation_id}/messages/{message_id}\x12\xa5\x01\n" +
+	"\bMarkRead\x12\x1c.platform.v1.MarkReadRequest\x1a\x1d.platform.v1.MarkReadResponse\"\\\xc2\xf3\x18!\x12\fmessage.read\x1a\x0fconversation_id \x01\x82\xd3\xe4\x93\x021:\x01*\",/v1/conversations/{conversation_id}:markRead\x12\xbd\x01\n" +
 	"\x0eStreamMessages\x12\".platform.v1.StreamMessagesRequest\x1a#.platform.v1.StreamMessagesResponse\"`\xc2\xf3\x18!\x12\fmessage.read\x1a\x0fconversation_id \x01\x82\xd3\xe4\x93\x025\x123/v1/conversations/{conversation_id}/messages:stream0\x01B<Z:github.com/msgplatform/platform/gen/platform/v1;platformv1b\x06proto3"
 
 var (
@@ -1063,7 +1318,7 @@ func file_platform_v1_messages_proto_rawDescGZIP() []byte {
 }
 
 var file_platform_v1_messages_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_platform_v1_messages_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_platform_v1_messages_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_platform_v1_messages_proto_goTypes = []any{
 	(MessageState)(0),              // 0: platform.v1.MessageState
 	(*Message)(nil),                // 1: platform.v1.Message
@@ -1077,50 +1332,57 @@ var file_platform_v1_messages_proto_goTypes = []any{
 	(*UpdateMessageResponse)(nil),  // 9: platform.v1.UpdateMessageResponse
 	(*DeleteMessageRequest)(nil),   // 10: platform.v1.DeleteMessageRequest
 	(*DeleteMessageResponse)(nil),  // 11: platform.v1.DeleteMessageResponse
-	(*StreamMessagesRequest)(nil),  // 12: platform.v1.StreamMessagesRequest
-	(*StreamMessagesResponse)(nil), // 13: platform.v1.StreamMessagesResponse
-	nil,                            // 14: platform.v1.Message.MetadataEntry
-	nil,                            // 15: platform.v1.SendMessageRequest.MetadataEntry
-	(*timestamppb.Timestamp)(nil),  // 16: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil),  // 17: google.protobuf.FieldMask
-	(EventType)(0),                 // 18: platform.v1.EventType
+	(*MarkReadRequest)(nil),        // 12: platform.v1.MarkReadRequest
+	(*MarkReadResponse)(nil),       // 13: platform.v1.MarkReadResponse
+	(*ReadState)(nil),              // 14: platform.v1.ReadState
+	(*StreamMessagesRequest)(nil),  // 15: platform.v1.StreamMessagesRequest
+	(*StreamMessagesResponse)(nil), // 16: platform.v1.StreamMessagesResponse
+	nil,                            // 17: platform.v1.Message.MetadataEntry
+	nil,                            // 18: platform.v1.SendMessageRequest.MetadataEntry
+	(*timestamppb.Timestamp)(nil),  // 19: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),  // 20: google.protobuf.FieldMask
+	(EventType)(0),                 // 21: platform.v1.EventType
 }
 var file_platform_v1_messages_proto_depIdxs = []int32{
-	14, // 0: platform.v1.Message.metadata:type_name -> platform.v1.Message.MetadataEntry
+	17, // 0: platform.v1.Message.metadata:type_name -> platform.v1.Message.MetadataEntry
 	0,  // 1: platform.v1.Message.state:type_name -> platform.v1.MessageState
-	16, // 2: platform.v1.Message.create_time:type_name -> google.protobuf.Timestamp
-	16, // 3: platform.v1.Message.persist_time:type_name -> google.protobuf.Timestamp
-	16, // 4: platform.v1.Message.update_time:type_name -> google.protobuf.Timestamp
-	16, // 5: platform.v1.Message.edit_time:type_name -> google.protobuf.Timestamp
-	16, // 6: platform.v1.Message.delete_time:type_name -> google.protobuf.Timestamp
-	15, // 7: platform.v1.SendMessageRequest.metadata:type_name -> platform.v1.SendMessageRequest.MetadataEntry
-	0,  // 8: platform.v1.SendMessageResponse.state:type_name -> platform.v1.MessageState
-	16, // 9: platform.v1.SendMessageResponse.create_time:type_name -> google.protobuf.Timestamp
-	1,  // 10: platform.v1.ListMessagesResponse.messages:type_name -> platform.v1.Message
-	1,  // 11: platform.v1.GetMessageResponse.message:type_name -> platform.v1.Message
-	1,  // 12: platform.v1.UpdateMessageRequest.message:type_name -> platform.v1.Message
-	17, // 13: platform.v1.UpdateMessageRequest.update_mask:type_name -> google.protobuf.FieldMask
-	1,  // 14: platform.v1.UpdateMessageResponse.message:type_name -> platform.v1.Message
-	1,  // 15: platform.v1.DeleteMessageResponse.message:type_name -> platform.v1.Message
-	18, // 16: platform.v1.StreamMessagesResponse.type:type_name -> platform.v1.EventType
-	1,  // 17: platform.v1.StreamMessagesResponse.message:type_name -> platform.v1.Message
-	2,  // 18: platform.v1.MessageService.SendMessage:input_type -> platform.v1.SendMessageRequest
-	4,  // 19: platform.v1.MessageService.ListMessages:input_type -> platform.v1.ListMessagesRequest
-	6,  // 20: platform.v1.MessageService.GetMessage:input_type -> platform.v1.GetMessageRequest
-	8,  // 21: platform.v1.MessageService.UpdateMessage:input_type -> platform.v1.UpdateMessageRequest
-	10, // 22: platform.v1.MessageService.DeleteMessage:input_type -> platform.v1.DeleteMessageRequest
-	12, // 23: platform.v1.MessageService.StreamMessages:input_type -> platform.v1.StreamMessagesRequest
-	3,  // 24: platform.v1.MessageService.SendMessage:output_type -> platform.v1.SendMessageResponse
-	5,  // 25: platform.v1.MessageService.ListMessages:output_type -> platform.v1.ListMessagesResponse
-	7,  // 26: platform.v1.MessageService.GetMessage:output_type -> platform.v1.GetMessageResponse
-	9,  // 27: platform.v1.MessageService.UpdateMessage:output_type -> platform.v1.UpdateMessageResponse
-	11, // 28: platform.v1.MessageService.DeleteMessage:output_type -> platform.v1.DeleteMessageResponse
-	13, // 29: platform.v1.MessageService.StreamMessages:output_type -> platform.v1.StreamMessagesResponse
-	24, // [24:30] is the sub-list for method output_type
-	18, // [18:24] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	19, // 2: platform.v1.Message.create_time:type_name -> google.protobuf.Timestamp
+	19, // 3: platform.v1.Message.persist_time:type_name -> google.protobuf.Timestamp
+	19, // 4: platform.v1.Message.update_time:type_name -> google.protobuf.Timestamp
+	19, // 5: platform.v1.Message.edit_time:type_name -> google.protobuf.Timestamp
+	19, // 6: platform.v1.Message.delete_time:type_name -> google.protobuf.Timestamp
+	19, // 7: platform.v1.Message.last_reply_time:type_name -> google.protobuf.Timestamp
+	18, // 8: platform.v1.SendMessageRequest.metadata:type_name -> platform.v1.SendMessageRequest.MetadataEntry
+	0,  // 9: platform.v1.SendMessageResponse.state:type_name -> platform.v1.MessageState
+	19, // 10: platform.v1.SendMessageResponse.create_time:type_name -> google.protobuf.Timestamp
+	1,  // 11: platform.v1.ListMessagesResponse.messages:type_name -> platform.v1.Message
+	1,  // 12: platform.v1.GetMessageResponse.message:type_name -> platform.v1.Message
+	1,  // 13: platform.v1.UpdateMessageRequest.message:type_name -> platform.v1.Message
+	20, // 14: platform.v1.UpdateMessageRequest.update_mask:type_name -> google.protobuf.FieldMask
+	1,  // 15: platform.v1.UpdateMessageResponse.message:type_name -> platform.v1.Message
+	1,  // 16: platform.v1.DeleteMessageResponse.message:type_name -> platform.v1.Message
+	21, // 17: platform.v1.StreamMessagesResponse.type:type_name -> platform.v1.EventType
+	1,  // 18: platform.v1.StreamMessagesResponse.message:type_name -> platform.v1.Message
+	14, // 19: platform.v1.StreamMessagesResponse.read_state:type_name -> platform.v1.ReadState
+	2,  // 20: platform.v1.MessageService.SendMessage:input_type -> platform.v1.SendMessageRequest
+	4,  // 21: platform.v1.MessageService.ListMessages:input_type -> platform.v1.ListMessagesRequest
+	6,  // 22: platform.v1.MessageService.GetMessage:input_type -> platform.v1.GetMessageRequest
+	8,  // 23: platform.v1.MessageService.UpdateMessage:input_type -> platform.v1.UpdateMessageRequest
+	10, // 24: platform.v1.MessageService.DeleteMessage:input_type -> platform.v1.DeleteMessageRequest
+	12, // 25: platform.v1.MessageService.MarkRead:input_type -> platform.v1.MarkReadRequest
+	15, // 26: platform.v1.MessageService.StreamMessages:input_type -> platform.v1.StreamMessagesRequest
+	3,  // 27: platform.v1.MessageService.SendMessage:output_type -> platform.v1.SendMessageResponse
+	5,  // 28: platform.v1.MessageService.ListMessages:output_type -> platform.v1.ListMessagesResponse
+	7,  // 29: platform.v1.MessageService.GetMessage:output_type -> platform.v1.GetMessageResponse
+	9,  // 30: platform.v1.MessageService.UpdateMessage:output_type -> platform.v1.UpdateMessageResponse
+	11, // 31: platform.v1.MessageService.DeleteMessage:output_type -> platform.v1.DeleteMessageResponse
+	13, // 32: platform.v1.MessageService.MarkRead:output_type -> platform.v1.MarkReadResponse
+	16, // 33: platform.v1.MessageService.StreamMessages:output_type -> platform.v1.StreamMessagesResponse
+	27, // [27:34] is the sub-list for method output_type
+	20, // [20:27] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_platform_v1_messages_proto_init() }
@@ -1136,7 +1398,7 @@ func file_platform_v1_messages_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_platform_v1_messages_proto_rawDesc), len(file_platform_v1_messages_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   15,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

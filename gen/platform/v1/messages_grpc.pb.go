@@ -24,6 +24,7 @@ const (
 	MessageService_GetMessage_FullMethodName     = "/platform.v1.MessageService/GetMessage"
 	MessageService_UpdateMessage_FullMethodName  = "/platform.v1.MessageService/UpdateMessage"
 	MessageService_DeleteMessage_FullMethodName  = "/platform.v1.MessageService/DeleteMessage"
+	MessageService_MarkRead_FullMethodName       = "/platform.v1.MessageService/MarkRead"
 	MessageService_StreamMessages_FullMethodName = "/platform.v1.MessageService/StreamMessages"
 )
 
@@ -37,7 +38,8 @@ type MessageServiceClient interface {
 	// it, with the message id and state ACCEPTED. The ingest pipeline persists it shortly after. Sending the
 	// same client_message_id again returns the same message id and publishes nothing.
 	SendMessage(ctx context.Context, in *SendMessageRequest, opts ...grpc.CallOption) (*SendMessageResponse, error)
-	// Lists persisted, not deleted messages, newest first.
+	// Lists persisted, not deleted messages, newest first: the top-level ones, or with thread_id the
+	// replies of that thread.
 	ListMessages(ctx context.Context, in *ListMessagesRequest, opts ...grpc.CallOption) (*ListMessagesResponse, error)
 	// Returns one persisted message.
 	GetMessage(ctx context.Context, in *GetMessageRequest, opts ...grpc.CallOption) (*GetMessageResponse, error)
@@ -45,6 +47,10 @@ type MessageServiceClient interface {
 	UpdateMessage(ctx context.Context, in *UpdateMessageRequest, opts ...grpc.CallOption) (*UpdateMessageResponse, error)
 	// Deletes a message (soft, leaving a tombstone). The author, or a conversation owner or admin.
 	DeleteMessage(ctx context.Context, in *DeleteMessageRequest, opts ...grpc.CallOption) (*DeleteMessageResponse, error)
+	// Moves the caller's read cursor of the conversation forward to message_id (never backward: an older
+	// message leaves it where it is, so calling it twice is calling it once) and returns the cursor and the
+	// unread count after it. message_id must be a message of this conversation (INVALID_ARGUMENT otherwise).
+	MarkRead(ctx context.Context, in *MarkReadRequest, opts ...grpc.CallOption) (*MarkReadResponse, error)
 	// Streams the conversation's messages as they are persisted, edited and deleted, in order. With
 	// after_message_id it first replays the persisted messages after that id. Through REST it is
 	// newline-delimited JSON, or server-sent events with `Accept: text/event-stream` (there the
@@ -110,6 +116,16 @@ func (c *messageServiceClient) DeleteMessage(ctx context.Context, in *DeleteMess
 	return out, nil
 }
 
+func (c *messageServiceClient) MarkRead(ctx context.Context, in *MarkReadRequest, opts ...grpc.CallOption) (*MarkReadResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MarkReadResponse)
+	err := c.cc.Invoke(ctx, MessageService_MarkRead_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *messageServiceClient) StreamMessages(ctx context.Context, in *StreamMessagesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[StreamMessagesResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	stream, err := c.cc.NewStream(ctx, &MessageService_ServiceDesc.Streams[0], MessageService_StreamMessages_FullMethodName, cOpts...)
@@ -139,7 +155,8 @@ type MessageServiceServer interface {
 	// it, with the message id and state ACCEPTED. The ingest pipeline persists it shortly after. Sending the
 	// same client_message_id again returns the same message id and publishes nothing.
 	SendMessage(context.Context, *SendMessageRequest) (*SendMessageResponse, error)
-	// Lists persisted, not deleted messages, newest first.
+	// Lists persisted, not deleted messages, newest first: the top-level ones, or with thread_id the
+	// replies of that thread.
 	ListMessages(context.Context, *ListMessagesRequest) (*ListMessagesResponse, error)
 	// Returns one persisted message.
 	GetMessage(context.Context, *GetMessageRequest) (*GetMessageResponse, error)
@@ -147,6 +164,10 @@ type MessageServiceServer interface {
 	UpdateMessage(context.Context, *UpdateMessageRequest) (*UpdateMessageResponse, error)
 	// Deletes a message (soft, leaving a tombstone). The author, or a conversation owner or admin.
 	DeleteMessage(context.Context, *DeleteMessageRequest) (*DeleteMessageResponse, error)
+	// Moves the caller's read cursor of the conversation forward to message_id (never backward: an older
+	// message leaves it where it is, so calling it twice is calling it once) and returns the cursor and the
+	// unread count after it. message_id must be a message of this conversation (INVALID_ARGUMENT otherwise).
+	MarkRead(context.Context, *MarkReadRequest) (*MarkReadResponse, error)
 	// Streams the conversation's messages as they are persisted, edited and deleted, in order. With
 	// after_message_id it first replays the persisted messages after that id. Through REST it is
 	// newline-delimited JSON, or server-sent events with `Accept: text/event-stream` (there the
@@ -176,6 +197,9 @@ func (UnimplementedMessageServiceServer) UpdateMessage(context.Context, *UpdateM
 }
 func (UnimplementedMessageServiceServer) DeleteMessage(context.Context, *DeleteMessageRequest) (*DeleteMessageResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteMessage not implemented")
+}
+func (UnimplementedMessageServiceServer) MarkRead(context.Context, *MarkReadRequest) (*MarkReadResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method MarkRead not implemented")
 }
 func (UnimplementedMessageServiceServer) StreamMessages(*StreamMessagesRequest, grpc.ServerStreamingServer[StreamMessagesResponse]) error {
 	return status.Error(codes.Unimplemented, "method StreamMessages not implemented")
@@ -291,6 +315,24 @@ func _MessageService_DeleteMessage_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _MessageService_MarkRead_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MarkReadRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MessageServiceServer).MarkRead(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MessageService_MarkRead_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MessageServiceServer).MarkRead(ctx, req.(*MarkReadRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _MessageService_StreamMessages_Handler(srv interface{}, stream grpc.ServerStream) error {
 	m := new(StreamMessagesRequest)
 	if err := stream.RecvMsg(m); err != nil {
@@ -328,6 +370,10 @@ var MessageService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteMessage",
 			Handler:    _MessageService_DeleteMessage_Handler,
+		},
+		{
+			MethodName: "MarkRead",
+			Handler:    _MessageService_MarkRead_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -151,3 +151,24 @@ func counter(t *testing.T, s *authzSetup, name, labels string) float64 {
 	}
 	return 0
 }
+
+// The unread-list measurement lists every conversation with its exact unread count (it fails otherwise).
+func TestMeasureUnreadListCountsRight(t *testing.T) {
+	res, err := MeasureUnreadList(t, 12, 5, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.P50Millis <= 0 || res.Conversations != 12 {
+		t.Fatalf("result = %+v", res)
+	}
+}
+
+// BenchmarkUnreadList is list_conversations_unread_p50_ms alone: go test -run '^$' -bench UnreadList.
+func BenchmarkUnreadList(b *testing.B) {
+	res, err := MeasureUnreadList(b, 200, 50, 50)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(res.P50Millis, "p50_ms")
+	b.ReportMetric(res.P90Millis, "p90_ms")
+}

@@ -62,15 +62,17 @@ type gateway struct {
 	metrics       string // /metrics URL
 	conversation  string
 	member, other string // bearer tokens: the conversation's owner, and a user of the tenant who is no member
+	mongoURI, db  string // the gateway's database
 }
 
 func newGateway(tb testing.TB) (*gateway, error) {
 	tb.Helper()
 	mongoURI := testenv.SharedMongo(tb)
+	db := testenv.MongoDatabase(tb, mongoURI)
 	secret := rand.Text() + rand.Text()
 	vars := map[string]string{
 		"GRPC_ADDR": "127.0.0.1:0", "HTTP_ADDR": "127.0.0.1:0", "METRICS_ADDR": "127.0.0.1:0",
-		"KAFKA_BROKERS": testenv.Kafka(tb), "MONGO_URI": mongoURI, "MONGO_DATABASE": testenv.MongoDatabase(tb, mongoURI),
+		"KAFKA_BROKERS": testenv.Kafka(tb), "MONGO_URI": mongoURI, "MONGO_DATABASE": db,
 		"REDIS_URL": testenv.Redis(tb), "AUTH_HMAC_SECRET": secret, "KAFKA_SIGNING_KEYS": testenv.SigningKeysSpec,
 		"SHUTDOWN_DRAIN_DELAY": "0s", "SHUTDOWN_TIMEOUT": "5s",
 		// Quotas on, as in production, but far above the offered load: both protocols pay the Redis check,
@@ -108,10 +110,11 @@ func newGateway(tb testing.TB) (*gateway, error) {
 	}
 	tb.Cleanup(func() { _ = conn.Close() })
 	g := &gateway{
-		grpc:    platformv1.NewConversationServiceClient(conn),
-		http:    &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4}, Timeout: 10 * time.Second},
-		rest:    "http://" + srv.HTTP,
-		metrics: "http://" + srv.Metrics + "/metrics",
+		grpc:     platformv1.NewConversationServiceClient(conn),
+		http:     &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4}, Timeout: 10 * time.Second},
+		rest:     "http://" + srv.HTTP,
+		metrics:  "http://" + srv.Metrics + "/metrics",
+		mongoURI: mongoURI, db: db,
 	}
 	tb.Cleanup(g.http.CloseIdleConnections)
 	for _, c := range []struct {

@@ -1,0 +1,124 @@
+package pipeline
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/oklog/ulid/v2"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/msgplatform/platform/internal/store"
+	"github.com/msgplatform/platform/internal/testenv"
+)
+
+// TestThreadCountsExactAfterKill sends thousands of replies to a few roots through the production
+// pipeline binary, SIGKILLs it with batches in flight (some replies stored, their roots' recount maybe
+// not done, their offsets not committed), starts it again, and checks that every root's reply_count is
+// exactly the number of its replies: the redelivered ones are duplicates and the recount counts
+// documents, so nothing is counted twice or lost. It checks too that each sender's read cursor is its
+// newest message, and that a reply naming a root of another conversation is dead-lettered.
+func TestThreadCountsExactAfterKill(t *testing.T) {
+	e := newEnv(t)
+	ctx := testCtx(t)
+	w := e.workload("t1", 4, 3)
+	roots := make([]store.Message, len(w.convs))
+	for i, c := range w.convs {
+		roots[i] = store.Message{ID: ulid.Make().String(), TenantID: c.TenantID, ConversationID: c.ID, SenderID: c.CreatorID, Body: "root"}
+	}
+	if _, _, err := e.st.Messages.InsertMany(ctx, roots); err != nil {
+		t.Fatal(err)
+	}
+	const n = 600
+	var recs []*kgo.Record
+	want := map[string]int32{}
+	newest := map[string]string{} // conversation → newest message id of its creator
+	for k := range n {
+		i := k % len(w.convs)
+		c := w.convs[i]
+		in := inbound(c.TenantID, c.ID, c.CreatorID, fmt.Sprintf("reply %d", k))
+		if k%5 != 4 { // every fifth is a top-level message
+			in.ThreadId = roots[i].ID
+			want[roots[i].ID]++
+		}
+		newest[c.ID] = in.GetId()
+		recs = append(recs, record(in, false))
+	}
+	// A reply to the root of another conversation: impossible, dead-lettered.
+	bad := inbound(w.convs[0].TenantID, w.convs[0].ID, w.convs[0].CreatorID, "misplaced reply")
+	bad.ThreadId = roots[1].ID
+	recs = append(recs, record(bad, false))
+	e.produce(recs...)
+	bin := testenv.Binary(t, "services/pipeline")
+
+	start := func() (*exec.Cmd, string) {
+		metrics := testenv.FreeAddr(t)
+		cmd := exec.Command(bin)
+		cmd.Env = append(os.Environ(),
+			"KAFKA_BROKERS="+strings.Join(e.cfg.KafkaBrokers, ","), "MONGO_URI="+e.cfg.MongoURI, "MONGO_DATABASE="+e.cfg.MongoDatabase,
+			"REDIS_URL="+e.cfg.RedisURL, "KAFKA_SIGNING_KEYS="+testSigningKID+"="+testSigningSecret,
+			"HTTP_ADDR="+testenv.FreeAddr(t), "METRICS_ADDR="+metrics, "LOG_LEVEL=warn", "SHUTDOWN_DRAIN_DELAY=0s",
+			"PIPELINE_MAX_POLL_RECORDS=100", "WATCHERS_ENABLED=false", "KAFKA_SESSION_TIMEOUT=6s")
+		cmd.Stdout, cmd.Stderr = testWriter{t}, testWriter{t}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+		return cmd, "http://" + metrics + "/metrics"
+	}
+
+	first, url := start()
+	var inFlight, stored float64
+	testenv.Eventually(t, "two batches in flight, some stored", time.Minute, func() bool {
+		m := scrapeMetrics(url)
+		inFlight, stored = m["platform_pipeline_polls_in_flight"], m["platform_pipeline_messages_total"]
+		return inFlight >= 2 && stored > 0
+	})
+	if err := first.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = first.Wait()
+	t.Logf("killed with %.0f batches in flight, %.0f of %d messages stored", inFlight, stored, n)
+	if stored >= n {
+		t.Fatal("everything was stored before the kill; the test proves nothing")
+	}
+
+	second, _ := start()
+	e.waitStored(int64(n + len(roots)))
+	testenv.Eventually(t, "the misplaced reply dead-lettered", time.Minute, func() bool { return e.dlqCount() == 1 })
+	if err := second.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := second.Wait(); err != nil {
+		t.Fatalf("graceful stop after the restart: %v", err)
+	}
+
+	for _, r := range roots {
+		got, err := e.st.Messages.Get(ctx, r.TenantID, r.ConversationID, r.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.ReplyCount != want[r.ID] {
+			t.Errorf("root %s: reply_count %d, want %d", r.ID, got.ReplyCount, want[r.ID])
+		}
+		if got.LastReplyTime == nil {
+			t.Errorf("root %s: no last_reply_time", r.ID)
+		}
+	}
+	for _, c := range w.convs {
+		m, err := e.st.Members.Get(ctx, c.TenantID, c.ID, c.CreatorID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.LastReadMessageID != newest[c.ID] {
+			t.Errorf("conversation %s: sender's cursor %q, want its newest message %q", c.ID, m.LastReadMessageID, newest[c.ID])
+		}
+	}
+	if _, err := e.st.Messages.Get(ctx, bad.GetTenantId(), bad.GetConversationId(), bad.GetId()); err == nil {
+		t.Error("the misplaced reply was stored")
+	}
+}
