@@ -20,6 +20,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.mongodb.org/mongo-driver/v2/mongo/writeconcern"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/msgplatform/platform/internal/api"
 	"github.com/msgplatform/platform/internal/audit"
@@ -38,6 +39,7 @@ import (
 	"github.com/msgplatform/platform/internal/store"
 	"github.com/msgplatform/platform/internal/stream"
 	"github.com/msgplatform/platform/internal/tlsconfig"
+	"github.com/msgplatform/platform/internal/tracing"
 	"github.com/msgplatform/platform/internal/watchers"
 )
 
@@ -55,16 +57,43 @@ type Addresses struct {
 	GRPC, HTTP, Metrics string // GRPC empty without the gateway role
 }
 
+// Option changes how Run builds the process beyond its configuration (tests inject parts with it).
+type Option func(*options)
+
+type options struct {
+	tracerProvider trace.TracerProvider
+}
+
+// WithTracerProvider makes the process trace into tp (an SDK provider with an in-memory exporter, in
+// tests) instead of the one the OTEL_* configuration asks for; tp stays the caller's to shut down.
+func WithTracerProvider(tp trace.TracerProvider) Option {
+	return func(o *options) { o.tracerProvider = tp }
+}
+
 // Run builds the process for roles, calls onReady (if not nil) once it listens, serves until ctx ends,
 // stops every part in order, then flushes the Kafka producer and closes the clients.
-func Run(ctx context.Context, cfg config.Config, logger *slog.Logger, roles Roles, onReady func(Addresses)) error {
+func Run(ctx context.Context, cfg config.Config, logger *slog.Logger, roles Roles, onReady func(Addresses), opts ...Option) error {
 	if !roles.Gateway && !roles.Pipeline {
 		return errors.New("app: no role to run")
+	}
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	tp, shutdownTracing, err := tracerProvider(ctx, cfg, roles, o)
+	if err != nil {
+		return err
+	}
+	defer shutdownTracing()
+	if tracing.Enabled(tp) {
+		logger = tracing.Logger(logger) // log lines carry trace_id and span_id
 	}
 	c, err := openCore(ctx, cfg, logger)
 	if err != nil {
 		return err
 	}
+	c.tracer = tp
+	c.clients.traced = tracing.Enabled(tp)
 	defer func() {
 		cctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 		defer cancel()
@@ -147,6 +176,35 @@ func Run(ctx context.Context, cfg config.Config, logger *slog.Logger, roles Role
 	return g.Run(ctx)
 }
 
+// tracerProvider is the process's tracer provider: o's, else the OTLP exporter's when the OTEL_* variables
+// turn tracing on (shut down, flushing its spans, by the function returned), else nil (no tracing).
+func tracerProvider(ctx context.Context, cfg config.Config, roles Roles, o options) (trace.TracerProvider, func(), error) {
+	if o.tracerProvider != nil {
+		return o.tracerProvider, func() {}, nil
+	}
+	if !cfg.Tracing.Enabled {
+		return nil, func() {}, nil
+	}
+	name := cfg.Tracing.ServiceName
+	if name == "" {
+		name = "platform"
+		if !roles.Pipeline {
+			name = "platform-gateway"
+		} else if !roles.Gateway {
+			name = "platform-pipeline"
+		}
+	}
+	tp, shutdown, err := tracing.NewProvider(ctx, name)
+	if err != nil {
+		return nil, nil, err
+	}
+	return tp, func() {
+		sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+		defer cancel()
+		_ = shutdown(sctx) // spans not exported by then are lost, never the process's shutdown
+	}, nil
+}
+
 // core is what every role of a process shares.
 type core struct {
 	cfg         config.Config
@@ -161,6 +219,8 @@ type core struct {
 	checker     *health.Checker
 	// tls loads and reloads the certificates of the listeners and Kafka clients (when configured).
 	tls *tlsconfig.Reloader
+	// tracer is the process's tracer provider; nil when tracing is off.
+	tracer trace.TracerProvider
 }
 
 func openCore(ctx context.Context, cfg config.Config, logger *slog.Logger) (c *core, err error) {
@@ -260,7 +320,7 @@ func newGateway(ctx context.Context, c *core) (*gatewayParts, error) {
 		GRPCAddr: cfg.GRPCAddr, HTTPAddr: cfg.HTTPAddr, MetricsAddr: cfg.MetricsAddr, ShutdownTimeout: cfg.ShutdownTimeout,
 		Logger: c.logger, Registry: c.reg, Checker: c.checker, Verifier: verifier, Authorizer: c.authorizer,
 		GRPCTLS: ltls.grpc, HTTPTLS: ltls.http, InternalTLS: ltls.internal,
-		Quota: quota, Audit: recorder, StreamKeepAlive: cfg.StreamKeepAlive,
+		Quota: quota, Audit: recorder, StreamKeepAlive: cfg.StreamKeepAlive, TracerProvider: c.tracer,
 		Services: gateway.Services{
 			Conversations: api.NewConversations(deps),
 			Messages:      api.NewMessages(deps, producer, cfg.KafkaSigningKeys, api.NewSendKeys(c.clients.redis), hub, c.authorizer),
@@ -339,7 +399,7 @@ func newPipeline(c *core) (p *pipelineParts, err error) {
 	if p.ingest, err = pipeline.New(pipeline.Config{
 		MaxPollRecords: pc.MaxPollRecords, BulkMaxDocs: pc.BulkMaxDocs, BulkMaxDelay: pc.BulkMaxDelay, BulkMaxInFlight: pc.BulkMaxInFlight,
 		WriteConcern: wc, RetryMax: pc.RetryMax, StageTimeout: pc.StageTimeout, TransientRetryTimeout: pc.TransientRetryTimeout,
-		DrainTimeout: cfg.ShutdownTimeout, SessionTimeout: cfg.KafkaSessionTimeout,
+		DrainTimeout: cfg.ShutdownTimeout, SessionTimeout: cfg.KafkaSessionTimeout, TracerProvider: c.tracer,
 	}, pipeline.Deps{
 		Kafka: c.clients.kafka, Keys: cfg.KafkaSigningKeys, Store: c.store, Active: convcache.New(convcache.DefaultTTL, 0),
 		Authorizer: c.authorizer, Members: c.members, Writer: p.writer,

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -17,6 +18,7 @@ import (
 	"github.com/msgplatform/platform/internal/kafka"
 	"github.com/msgplatform/platform/internal/store"
 	"github.com/msgplatform/platform/internal/tlsconfig"
+	"github.com/msgplatform/platform/internal/tracing"
 )
 
 // connectTimeout bounds the wait for MongoDB at start-up.
@@ -40,6 +42,8 @@ type clients struct {
 	// breaker guards the store's MongoDB calls; its state shows in health and metrics.
 	breaker      *store.Breaker
 	mongoMetrics *store.DriverMetrics
+	// traced: the producers write their records' trace context into the headers (tracing.ProduceHook).
+	traced bool
 }
 
 // openClients connects to MongoDB (waiting up to connectTimeout), Redis and Kafka (both lazily: their
@@ -81,7 +85,11 @@ func openClients(ctx context.Context, cfg config.Config, logger *slog.Logger, tl
 
 // producer opens the Kafka producer of one role (flushed and closed by close).
 func (c *clients) producer(role string) (*kgo.Client, error) {
-	p, err := kafka.NewProducer(c.cfg.KafkaBrokers, c.cfg.ProduceTimeout, append(c.kafka, kgo.ClientID("platform-"+role))...)
+	opts := append(slices.Clone(c.kafka), kgo.ClientID("platform-"+role))
+	if c.traced {
+		opts = append(opts, kgo.WithHooks(tracing.ProduceHook{}))
+	}
+	p, err := kafka.NewProducer(c.cfg.KafkaBrokers, c.cfg.ProduceTimeout, opts...)
 	if err != nil {
 		return nil, err
 	}

@@ -31,7 +31,7 @@ var importRules = []struct {
 	},
 	{
 		why:       "the record formats are a leaf: envelope encodes, checks and signs, it decides nothing",
-		packages:  []string{"internal/envelope", "internal/kafka", "internal/secret"},
+		packages:  []string{"internal/envelope", "internal/kafka", "internal/secret", "internal/tracing"},
 		forbidden: []string{"internal/auth", "internal/authz", "internal/store/...", "internal/api", "internal/pipeline", "internal/dlq", "internal/events", "internal/stream"},
 	},
 	{
@@ -56,7 +56,7 @@ var importRules = []struct {
 var libraries = []string{"internal/api", "internal/apidocs", "internal/audit", "internal/auth", "internal/authz", "internal/dlq", "internal/envelope", "internal/events",
 	"internal/gateway", "internal/health", "internal/kafka", "internal/lifecycle", "internal/observability", "internal/pipeline",
 	"internal/protoconv", "internal/requestid", "internal/secret", "internal/store/...", "internal/stream", "internal/ttlcache",
-	"internal/watchers", "internal/embedded"}
+	"internal/watchers", "internal/embedded", "internal/tracing"}
 
 // mayImportApp are the only packages allowed to import the composition root.
 var mayImportApp = []string{"services/...", "internal/devstack", "internal/app/apptest", "internal/benchmark/..."}

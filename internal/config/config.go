@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -79,6 +80,9 @@ type Config struct {
 	LogLevel  slog.Level
 	LogFormat string
 
+	// Tracing is the OpenTelemetry tracing (OTEL_*): off unless an OTLP endpoint is set.
+	Tracing Tracing
+
 	// WatchersEnabled runs the change-stream watchers in this pipeline process (run them in one replica);
 	// DLQSchedulerEnabled runs the dead-letter retry scheduler (safe in every replica: claims are fenced).
 	WatchersEnabled     bool
@@ -139,6 +143,17 @@ type DLQ struct {
 	MaxAttempts  int
 	InitialDelay time.Duration
 	MaxDelay     time.Duration
+}
+
+// Tracing says whether spans are exported over OTLP. Only the switch is decided here: the exporter,
+// sampler and resource read the standard OTEL_* variables themselves (internal/tracing), and the ones the
+// platform relies on are listed in Vars with their defaults.
+type Tracing struct {
+	// Enabled: OTEL_TRACES_EXPORTER=otlp, or unset with OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT set; never
+	// with OTEL_SDK_DISABLED=true or OTEL_TRACES_EXPORTER=none.
+	Enabled bool
+	// ServiceName is OTEL_SERVICE_NAME; empty: the process names itself by its roles.
+	ServiceName string
 }
 
 // Devstack holds the settings only services/devstack reads.
@@ -203,6 +218,13 @@ var Vars = []Var{
 	{"HEALTH_CHECK_INTERVAL", "5s", "period of the background dependency checks"},
 	{"LOG_LEVEL", "info", "debug, info, warn or error"},
 	{"LOG_FORMAT", "json", "json or text (devstack defaults to text)"},
+	{"OTEL_SDK_DISABLED", "false", "tracing: true turns OpenTelemetry tracing off whatever the other OTEL_* say"},
+	{"OTEL_TRACES_EXPORTER", "", "tracing: `otlp` or `none`; unset, spans are exported (OTLP over gRPC) only when an OTLP endpoint below is set, so tracing is off by default"},
+	{"OTEL_EXPORTER_OTLP_ENDPOINT", "", "tracing: OTLP/gRPC collector, e.g. `http://jaeger:4317` (`http://` for plain text); setting it turns tracing on"},
+	{"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "", "tracing: the same for traces only (wins over OTEL_EXPORTER_OTLP_ENDPOINT)"},
+	{"OTEL_SERVICE_NAME", "", "tracing: service.name of the spans; empty: platform-gateway, platform-pipeline or platform (both roles)"},
+	{"OTEL_TRACES_SAMPLER", "parentbased_always_on", "tracing: sampler (always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off, parentbased_traceidratio)"},
+	{"OTEL_TRACES_SAMPLER_ARG", "", "tracing: the ratio of a traceidratio sampler, 0 to 1 (1 when empty)"},
 	{"WATCHERS_ENABLED", "true", "pipeline: run the change-stream watchers in this process; enable in exactly one replica"},
 	{"DLQ_SCHEDULER_ENABLED", "true", "pipeline: run the dead-letter retry scheduler in this process (every replica may: claims are fenced)"},
 	{"PIPELINE_MAX_POLL_RECORDS", "4000", "pipeline: records of one polled batch (with the fetch limits, bounds memory)"},
@@ -219,6 +241,39 @@ var Vars = []Var{
 	{"DEVSTACK_MONGO_ADDR", "127.0.0.1:27018", "devstack: embedded MongoDB-wire (FerretDB) address when MONGO_URI is empty"},
 	{"DEVSTACK_REDIS_ADDR", "127.0.0.1:16379", "devstack: embedded Redis (miniredis) address when REDIS_URL is empty"},
 	{"DEVSTACK_DATA_DIR", "<os temp dir>/platform-devstack", "devstack: FerretDB's SQLite files"},
+}
+
+// samplers are the OTEL_TRACES_SAMPLER values the SDK understands.
+var samplers = []string{"always_on", "always_off", "traceidratio", "parentbased_always_on", "parentbased_always_off", "parentbased_traceidratio"}
+
+// loadTracing reads the tracing switch (Tracing) and checks the OTEL_* values the SDK would otherwise
+// ignore or misread silently.
+func loadTracing(get func(string) string, errs *[]error) Tracing {
+	t := Tracing{ServiceName: get("OTEL_SERVICE_NAME")}
+	disabled, err := strconv.ParseBool(get("OTEL_SDK_DISABLED"))
+	if err != nil {
+		*errs = append(*errs, fmt.Errorf("OTEL_SDK_DISABLED=%q: want true or false", get("OTEL_SDK_DISABLED")))
+	}
+	endpoint := get("OTEL_EXPORTER_OTLP_ENDPOINT") != "" || get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") != ""
+	switch exp := strings.ToLower(get("OTEL_TRACES_EXPORTER")); exp {
+	case "":
+		t.Enabled = endpoint
+	case "otlp":
+		t.Enabled = true
+	case "none":
+	default:
+		*errs = append(*errs, fmt.Errorf("OTEL_TRACES_EXPORTER=%q: want otlp or none", exp))
+	}
+	t.Enabled = t.Enabled && !disabled
+	if s := strings.ToLower(get("OTEL_TRACES_SAMPLER")); !slices.Contains(samplers, s) {
+		*errs = append(*errs, fmt.Errorf("OTEL_TRACES_SAMPLER=%q: want one of %s", s, strings.Join(samplers, ", ")))
+	}
+	if a := get("OTEL_TRACES_SAMPLER_ARG"); a != "" {
+		if r, err := strconv.ParseFloat(a, 64); err != nil || r < 0 || r > 1 {
+			*errs = append(*errs, fmt.Errorf("OTEL_TRACES_SAMPLER_ARG=%q: want a ratio from 0 to 1", a))
+		}
+	}
+	return t
 }
 
 // Known reports whether name is a variable Load reads.
@@ -346,6 +401,7 @@ func Load(getenv Getenv) (Config, error) {
 		HealthCheckTimeout:  duration("HEALTH_CHECK_TIMEOUT"),
 		HealthInterval:      duration("HEALTH_CHECK_INTERVAL"),
 		LogFormat:           strings.ToLower(get("LOG_FORMAT")),
+		Tracing:             loadTracing(get, &errs),
 		WatchersEnabled:     boolean("WATCHERS_ENABLED"),
 		DLQSchedulerEnabled: boolean("DLQ_SCHEDULER_ENABLED"),
 		Pipeline: Pipeline{

@@ -18,6 +18,7 @@ import (
 	"github.com/msgplatform/platform/internal/envelope"
 	"github.com/msgplatform/platform/internal/observability"
 	"github.com/msgplatform/platform/internal/requestid"
+	"github.com/msgplatform/platform/internal/tracing"
 )
 
 // Producer is the part of a franz-go client the publisher uses.
@@ -113,5 +114,8 @@ func (p *Publisher) record(ctx context.Context, ev *platformv1.Event) (*kgo.Reco
 	if err != nil {
 		return nil, fmt.Errorf("encode event: %w", err)
 	}
+	// The event's own trace when ctx names one for its id (the pipeline's notify: each message's), so the
+	// producer's tracing hook puts that in its traceparent header; ctx's otherwise.
+	rec.Context = tracing.Keyed(ctx, ev.GetId())
 	return rec, nil
 }

@@ -19,10 +19,10 @@ import (
 // newRESTGateway returns the grpc-gateway mux. It reaches the gRPC server over a client connection
 // (never RegisterXxxHandlerServer, which would skip the interceptors), so REST and gRPC share auth,
 // logging and metrics.
-func newRESTGateway(ctx context.Context, grpcTarget string, metrics *restMetrics, edge *restEdge, sse *sseStreams, creds credentials.TransportCredentials) (http.Handler, *grpc.ClientConn, error) {
-	conn, err := grpc.NewClient(grpcTarget, grpc.WithTransportCredentials(creds),
+func newRESTGateway(ctx context.Context, grpcTarget string, metrics *restMetrics, edge *restEdge, sse *sseStreams, creds credentials.TransportCredentials, extra ...grpc.DialOption) (http.Handler, *grpc.ClientConn, error) {
+	conn, err := grpc.NewClient(grpcTarget, append([]grpc.DialOption{grpc.WithTransportCredentials(creds),
 		// The largest legal response (a page of the largest messages) must come through.
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxResponseBytes)))
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxResponseBytes))}, extra...)...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("gateway connection to %s: %w", grpcTarget, err)
 	}

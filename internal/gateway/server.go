@@ -19,6 +19,7 @@ import (
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	grpchealth "google.golang.org/grpc/health"
@@ -68,6 +69,9 @@ type Options struct {
 	GRPCTLS, HTTPTLS, InternalTLS *tls.Config
 	// StreamKeepAlive is the period of the keep-alive comment of REST server-sent event streams (≤ 0: 15 s).
 	StreamKeepAlive time.Duration
+	// TracerProvider, when it records (tracing.Enabled), gives every RPC a server span (otelgrpc) and the
+	// REST gateway's calls a client span, so a REST request is one trace. Nil: no tracing, no cost.
+	TracerProvider trace.TracerProvider
 }
 
 // Interceptors are a unary and a stream server interceptor doing one job.
@@ -135,7 +139,7 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	}
 	access := authz.NewInterceptor(opts.Verifier, opts.Authorizer)
 	access.OnUnauthenticated = rejected.grpc
-	s.grpc = newGRPCServer(s.logger, grpcMetrics, access, opts.Quota, opts.Audit, grpcServerTLS(opts)...)
+	s.grpc = newGRPCServer(s.logger, grpcMetrics, access, opts.Quota, opts.Audit, append(grpcServerTLS(opts), serverTracing(opts.TracerProvider)...)...)
 	registerServices(s.grpc, opts.Services, opts.Checker)
 	hs := grpchealth.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, newBoundedHealth(hs))
@@ -165,7 +169,7 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 		return nil, err
 	}
 	sse := &sseStreams{method: edge.method, keepAlive: opts.StreamKeepAlive}
-	rest, conn, err := newRESTGateway(ctx, dialTarget(s.grpcLis.Addr()), restMetrics, edge, sse, creds)
+	rest, conn, err := newRESTGateway(ctx, dialTarget(s.grpcLis.Addr()), restMetrics, edge, sse, creds, clientTracing(opts.TracerProvider)...)
 	if err != nil {
 		s.Close()
 		return nil, err
@@ -177,7 +181,7 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	mux.Handle("GET /readyz", healthHTTP)
 	// GET /openapi.json and GET /docs (the API explorer): public, outside the REST edge; they hold no data.
 	apidocs.Register(mux, openapiv3.Document)
-	mux.Handle("/", rest)
+	mux.Handle("/", restTracing(opts.TracerProvider, rest))
 	// No ReadTimeout or WriteTimeout: they would cut live streams. The edge bounds each request body's
 	// read instead (bodyTimeout), the headers and idle connections are bounded here.
 	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: readHeaderTimeout, IdleTimeout: idleTimeout,

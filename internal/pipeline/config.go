@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"go.mongodb.org/mongo-driver/v2/mongo/writeconcern"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/msgplatform/platform/internal/kafka"
 	"github.com/msgplatform/platform/internal/store"
@@ -69,6 +70,8 @@ type Config struct {
 	TransientRetryTimeout time.Duration
 	StageTimeout          time.Duration
 	DrainTimeout          time.Duration
+	// TracerProvider, when it records (tracing.Enabled), traces every stage: see tracing.go. Nil: none.
+	TracerProvider trace.TracerProvider
 
 	// stages, when set, edits the stage list (tests insert fault-injecting stages with it).
 	stages func([]Stage) []Stage

@@ -8,6 +8,7 @@ import (
 
 	"github.com/cenkalti/backoff/v5"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/msgplatform/platform/internal/envelope"
 	"github.com/msgplatform/platform/internal/observability"
@@ -52,12 +53,14 @@ type runner struct {
 	retries   *prometheus.CounterVec
 	// onRetry, when set, hears of every stage retry, with the partition of the batch retried.
 	onRetry func(partition int32)
+	// tracer traces each stage attempt (tracing.go); nil when tracing is off.
+	tracer trace.Tracer
 }
 
 func newRunner(stages []Stage, cfg Config, reg prometheus.Registerer, logger *slog.Logger) (*runner, error) {
 	r := &runner{
 		stages: stages, retryInitial: cfg.RetryInitial, retryMax: cfg.RetryMax, retryTimeout: cfg.TransientRetryTimeout,
-		stageTimeout: cfg.StageTimeout, now: time.Now, logger: logger,
+		stageTimeout: cfg.StageTimeout, now: time.Now, logger: logger, tracer: stageTracer(cfg.TracerProvider),
 		processed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: observability.Namespace, Subsystem: "pipeline", Name: "stage_processed_total",
 			Help: "Records that passed a stage.",
@@ -125,7 +128,12 @@ func (r *runner) runStage(ctx context.Context, st Stage, b *Batch) error {
 	for attempt := 1; ; attempt++ {
 		start := time.Now()
 		sctx, cancel := context.WithTimeout(ctx, r.stageTimeout)
+		var spans *stageSpans
+		if r.tracer != nil {
+			sctx, spans = r.startSpans(sctx, name, b.Partition, live, attempt)
+		}
 		st.Process(sctx, &Batch{Partition: b.Partition, Items: live, Reads: b.Reads})
+		spans.end(live)
 		cancel()
 		r.duration.WithLabelValues(name).Observe(time.Since(start).Seconds())
 

@@ -32,8 +32,9 @@ func (p *Process) Stop() error {
 }
 
 // Start runs app.Run with roles on cfg and returns once it listens. The test fails if it does not start
-// within a minute, or if it stops with an error when the test ends. logger nil discards the logs.
-func Start(tb testing.TB, cfg config.Config, roles app.Roles, logger *slog.Logger) *Process {
+// within a minute, or if it stops with an error when the test ends. logger nil discards the logs; opts
+// are app.Run's (app.WithTracerProvider, say).
+func Start(tb testing.TB, cfg config.Config, roles app.Roles, logger *slog.Logger, opts ...app.Option) *Process {
 	tb.Helper()
 	if logger == nil {
 		logger = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -41,7 +42,7 @@ func Start(tb testing.TB, cfg config.Config, roles app.Roles, logger *slog.Logge
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &Process{cancel: cancel, done: make(chan error, 1)}
 	ready := make(chan app.Addresses, 1)
-	go func() { p.done <- app.Run(ctx, cfg, logger, roles, func(a app.Addresses) { ready <- a }) }()
+	go func() { p.done <- app.Run(ctx, cfg, logger, roles, func(a app.Addresses) { ready <- a }, opts...) }()
 	select {
 	case p.Addresses = <-ready:
 	case err := <-p.done:
