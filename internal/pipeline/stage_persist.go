@@ -18,14 +18,15 @@ type Writer interface {
 // the other partitions' batches), _id = message id. A duplicate is a redelivery of a stored message:
 // success, and the item carries the message as stored.
 //
-// With a store (st, nil in unit tests of the write alone) it also keeps threads and read cursors:
+// With a store (st, nil in unit tests of the write alone) it also keeps threads:
 //   - before the write, a reply's root is checked again (it exists, in the same tenant and conversation,
 //     and is a root, not a reply): an impossible reply fails permanently (dead-lettered);
 //   - after it, every root the batch's stored replies belong to (inserted or duplicate alike) gets its
 //     counters recounted from the replies stored (store.Messages.RecountThreads): a count, not an
-//     increment, so a redelivered or half-done batch cannot count a reply twice;
-//   - each sender's read cursor moves forward to its newest stored message of the batch
-//     (store.Members.AdvanceCursors, $max: idempotent, never backward).
+//     increment, so a redelivered or half-done batch cannot count a reply twice.
+//
+// The sender's read cursor is moved by SendMessage, not here: updates of memberships beside the bulk
+// inserts stalled them on FerretDB's single SQLite writer (measured: no record stored in 3 minutes).
 //
 // A failure of the upkeep fails the items concerned transiently: the retry finds them stored
 // (duplicates) and does the upkeep again.
@@ -65,7 +66,6 @@ func (s persistStage) Process(ctx context.Context, b *Batch) {
 	}
 	if s.st != nil {
 		s.recountThreads(ctx, batch)
-		s.advanceCursors(ctx, batch)
 	}
 }
 
@@ -140,35 +140,6 @@ func (s persistStage) recountThreads(ctx context.Context, batch []*Item) {
 			it.Root = root
 		case err != nil:
 			it.Fail(Transient, fmt.Errorf("recount thread %s: %w", it.Message.ThreadID, err))
-		}
-	}
-}
-
-// advanceCursors moves each sender's read cursor to its newest stored message of the batch.
-func (s persistStage) advanceCursors(ctx context.Context, batch []*Item) {
-	newest := map[[3]string]string{}
-	var order [][3]string
-	for _, it := range batch {
-		m := it.Message
-		if it.Failed() || m.SenderID == "" {
-			continue
-		}
-		k := [3]string{m.TenantID, m.ConversationID, m.SenderID}
-		cur, ok := newest[k]
-		if !ok {
-			order = append(order, k)
-		}
-		newest[k] = max(cur, m.ID)
-	}
-	cursors := make([]store.Cursor, len(order))
-	for i, k := range order {
-		cursors[i] = store.Cursor{TenantID: k[0], ConversationID: k[1], UserID: k[2], MessageID: newest[k]}
-	}
-	if err := s.st.Members.AdvanceCursors(ctx, cursors); err != nil {
-		for _, it := range batch {
-			if !it.Failed() {
-				it.Fail(Transient, fmt.Errorf("advance the sender's read cursor: %w", err))
-			}
 		}
 	}
 }
