@@ -48,7 +48,7 @@ func TestHostileClients(t *testing.T) {
 		"SHUTDOWN_DRAIN_DELAY=0s", "STREAM_MAX_PER_PRINCIPAL=16",
 		// The attacker's quota; the other tenant's principal stays well inside its own.
 		"RATE_LIMIT_PRINCIPAL_RPS=50", "RATE_LIMIT_PRINCIPAL_BURST=100", "RATE_LIMIT_TENANT_RPS=200", "RATE_LIMIT_TENANT_BURST=400")
-	var logs lockedWriter
+	var logs testenv.LockedBuffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -239,21 +239,4 @@ func as(tok string, ctx ...context.Context) context.Context {
 		parent = ctx[0]
 	}
 	return metadata.AppendToOutgoingContext(parent, "authorization", "Bearer "+tok)
-}
-
-type lockedWriter struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (w *lockedWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.Write(p)
-}
-
-func (w *lockedWriter) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.String()
 }

@@ -10,7 +10,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -28,7 +27,7 @@ type proc struct {
 	grpc    string // empty for a pipeline
 	http    string
 	metrics string
-	logs    *lockedWriter
+	logs    *testenv.LockedBuffer
 	exited  chan struct{}
 }
 
@@ -36,7 +35,7 @@ type proc struct {
 // loopback ports; t.Cleanup kills it and, when the test failed, logs the tail of its output.
 func startProc(t *testing.T, bin, name string, gateway bool, env ...string) *proc {
 	t.Helper()
-	p := &proc{name: name, http: testenv.FreeAddr(t), metrics: testenv.FreeAddr(t), logs: &lockedWriter{}, exited: make(chan struct{})}
+	p := &proc{name: name, http: testenv.FreeAddr(t), metrics: testenv.FreeAddr(t), logs: &testenv.LockedBuffer{}, exited: make(chan struct{})}
 	env = append(env, "HTTP_ADDR="+p.http, "METRICS_ADDR="+p.metrics)
 	if gateway {
 		p.grpc = testenv.FreeAddr(t)
@@ -85,7 +84,7 @@ func startServers(t *testing.T) (broker, mongoURI string) {
 	cmd := exec.Command(testenv.Binary(t, "services/devstack"), "-servers", "kafka,mongodb")
 	cmd.Env = append(os.Environ(), "DEVSTACK_KAFKA_ADDR=127.0.0.1:0", "DEVSTACK_MONGO_ADDR=127.0.0.1:0",
 		"DEVSTACK_DATA_DIR="+t.TempDir(), "LOG_LEVEL=warn")
-	logs := &lockedWriter{}
+	logs := &testenv.LockedBuffer{}
 	cmd.Stderr = logs
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -230,23 +229,6 @@ func token(t *testing.T, sub, tenant string, roles ...string) string {
 // as calls with tok within ctx.
 func as(ctx context.Context, tok string) context.Context {
 	return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tok)
-}
-
-type lockedWriter struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (w *lockedWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.Write(p)
-}
-
-func (w *lockedWriter) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.String()
 }
 
 // envInt reads a positive integer from the environment, or def.

@@ -285,7 +285,7 @@ func (r *RedisServer) start() error {
 	if err != nil {
 		return fmt.Errorf("redis address %q: %w", r.addr, err)
 	}
-	out := &lockedBuffer{}
+	out := &LockedBuffer{}
 	cmd := exec.Command(r.bin, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
 	cmd.Dir = r.dir // keep any file it might write out of the source tree
 	cmd.Stdout, cmd.Stderr = out, out
@@ -346,19 +346,20 @@ func isCI() bool {
 	return ci
 }
 
-// lockedBuffer collects a child's output; exec copies into it from its own goroutine.
-type lockedBuffer struct {
+// LockedBuffer collects a child process's output (or any log written from several goroutines); exec
+// copies into it from its own goroutine.
+type LockedBuffer struct {
 	mu  sync.Mutex
 	buf bytes.Buffer
 }
 
-func (b *lockedBuffer) Write(p []byte) (int, error) {
+func (b *LockedBuffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.Write(p)
 }
 
-func (b *lockedBuffer) String() string {
+func (b *LockedBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
