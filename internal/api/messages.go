@@ -142,14 +142,6 @@ func (s *Messages) SendMessage(ctx context.Context, req *platformv1.SendMessageR
 			s.Logger.WarnContext(ctx, "idempotency key not completed", "error", err)
 		}
 	}
-	// Sending reads what came before: the sender's cursor moves to this message ($max: never backward;
-	// counts only cover persisted messages, so a cursor ahead of the pipeline is harmless). Here, not in
-	// the pipeline: there these updates ran beside the bulk inserts and stalled them on FerretDB's single
-	// SQLite writer. Best effort: the message is accepted whatever happens to the cursor.
-	if err := s.Store.Members.AdvanceCursors(context.WithoutCancel(ctx), []store.Cursor{
-		{TenantID: p.TenantID, ConversationID: convID, UserID: p.Subject, MessageID: id}}); err != nil {
-		s.Logger.WarnContext(ctx, "sender's read cursor not moved", "conversation_id", convID, "error", err)
-	}
 	return &platformv1.SendMessageResponse{MessageId: id, State: platformv1.MessageState_MESSAGE_STATE_ACCEPTED, CreateTime: in.GetSendTime()}, nil
 }
 

@@ -33,12 +33,18 @@ func (s *Messages) MarkRead(ctx context.Context, req *platformv1.MarkReadRequest
 	if err != nil {
 		return nil, storeError(ctx, s.Logger, "membership", err)
 	}
-	counts, err := s.Store.Messages.UnreadCounts(ctx, p.TenantID, p.Subject, map[string]string{convID: after})
+	moved := after != before // the stored cursor moved; the effective one may be ahead (LastSent)
+	effective := map[string]string{convID: after}
+	if err := s.withLastSent(ctx, p.TenantID, p.Subject, effective); err != nil {
+		return nil, storeError(ctx, s.Logger, "read state", err)
+	}
+	after = effective[convID]
+	counts, err := s.Store.Messages.UnreadCounts(ctx, p.TenantID, p.Subject, effective)
 	if err != nil {
 		return nil, storeError(ctx, s.Logger, "unread count", err)
 	}
 	resp := &platformv1.MarkReadResponse{LastReadMessageId: after, UnreadCount: counts[convID]}
-	if after != before {
+	if moved {
 		s.publish(ctx, &platformv1.Event{Id: newID(), Type: platformv1.EventType_EVENT_TYPE_READ_STATE_UPDATED,
 			TenantId: p.TenantID, ConversationId: convID, ActorId: p.Subject, EventTime: timestamppb.New(s.Now()),
 			Payload: &platformv1.Event_ReadState{ReadState: &platformv1.ReadState{UserId: p.Subject,
@@ -62,6 +68,9 @@ func (d Deps) fillReadState(ctx context.Context, tenantID, userID string, convs 
 	if err != nil {
 		return err
 	}
+	if err := d.withLastSent(ctx, tenantID, userID, cursors); err != nil {
+		return err
+	}
 	counts, err := d.Store.Messages.UnreadCounts(ctx, tenantID, userID, cursors)
 	if err != nil {
 		return err
@@ -69,6 +78,23 @@ func (d Deps) fillReadState(ctx context.Context, tenantID, userID string, convs 
 	for _, c := range convs {
 		c.LastReadMessageId = cursors[c.GetId()]
 		c.UnreadCount = counts[c.GetId()]
+	}
+	return nil
+}
+
+// withLastSent raises each cursor (conversation → read cursor, of conversations userID is a member of) to
+// userID's newest message there, if newer: sending reads what came before (store.Messages.LastSent).
+func (d Deps) withLastSent(ctx context.Context, tenantID, userID string, cursors map[string]string) error {
+	ids := make([]string, 0, len(cursors))
+	for id := range cursors {
+		ids = append(ids, id)
+	}
+	last, err := d.Store.Messages.LastSent(ctx, tenantID, userID, ids)
+	if err != nil {
+		return err
+	}
+	for id, m := range last {
+		cursors[id] = max(cursors[id], m)
 	}
 	return nil
 }

@@ -140,6 +140,35 @@ func (r *Messages) UnreadCounts(ctx context.Context, tenantID, userID string, cu
 	return out, nil
 }
 
+// LastSent returns, per conversation among conversationIDs, the id of userID's newest persisted message
+// (absent where it sent none): sending reads what came before, so a member's effective read cursor is
+// the greater of its stored cursor and this. On MongoDB a backward walk of {tenant_id, conversation_id,
+// _id} per conversation, filtered by sender (FerretDB scans). Computed on read rather than
+// written at send time: membership updates beside the pipeline's inserts stall FerretDB's single writer.
+func (r *Messages) LastSent(ctx context.Context, tenantID, userID string, conversationIDs []string) (map[string]string, error) {
+	out := make(map[string]string, len(conversationIDs))
+	// One newest-first lookup per conversation (FerretDB implements neither $max nor $first in $group).
+	for _, conv := range conversationIDs {
+		var doc struct {
+			ID string `bson:"_id"`
+		}
+		err := r.core.guard.Read(ctx, func(ctx context.Context) error {
+			return r.core.messages.FindOne(ctx, bson.D{
+				{Key: "tenant_id", Value: tenantID}, {Key: "conversation_id", Value: conv},
+				{Key: "sender_id", Value: userID}, {Key: "state", Value: string(MessagePersisted)},
+			}, options.FindOne().SetSort(bson.D{{Key: "_id", Value: -1}}).SetProjection(bson.D{{Key: "_id", Value: 1}})).Decode(&doc)
+		})
+		switch {
+		case errors.Is(err, mongo.ErrNoDocuments):
+			continue
+		case err != nil:
+			return nil, fmt.Errorf("newest message sent by %s: %w", userID, err)
+		}
+		out[conv] = doc.ID
+	}
+	return out, nil
+}
+
 // ByIDs returns the messages among ids, by id, whatever their tenant or conversation: the caller checks
 // TenantID and ConversationID. The pipeline reads a batch's thread roots with it: one FindOne by _id
 // alone per id (a batch has few roots), the one filter FerretDB answers without a collection scan.
