@@ -322,13 +322,27 @@ func (r *Messages) list(ctx context.Context, tenantID, conversationID, threadID 
 	var docs []messageDoc
 	if err := r.core.guard.Read(ctx, func(ctx context.Context) error {
 		docs = nil
+		// Small batches, and no more than one past what fits MaxPageBytes: a page of the largest messages
+		// stops after a few dozen documents instead of reading all size+1 from the server.
 		cur, err := r.core.messages.Find(ctx, filter, options.Find().
 			SetSort(bson.D{{Key: "_id", Value: -1}}).
-			SetLimit(int64(size)+1))
+			SetLimit(int64(size)+1).SetBatchSize(50))
 		if err != nil {
 			return err
 		}
-		return cur.All(ctx, &docs)
+		defer cur.Close(context.WithoutCancel(ctx))
+		weight := 0
+		for cur.Next(ctx) {
+			var d messageDoc
+			if err := cur.Decode(&d); err != nil {
+				return err
+			}
+			docs = append(docs, d)
+			if weight += d.contentBytes(); weight > MaxPageBytes && len(docs) > 1 {
+				break // pageFit below ends the page before this one
+			}
+		}
+		return cur.Err()
 	}); err != nil {
 		return nil, "", fmt.Errorf("list messages of conversation %s: %w", conversationID, err)
 	}
