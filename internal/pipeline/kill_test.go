@@ -24,42 +24,10 @@ func TestKillWithBatchesInFlight(t *testing.T) {
 	e.produce(w.next(n)...)
 	bin := testenv.Binary(t, "services/pipeline")
 
-	start := func() (*exec.Cmd, string) {
-		metrics := testenv.FreeAddr(t)
-		cmd := exec.Command(bin)
-		cmd.Env = append(os.Environ(),
-			"KAFKA_BROKERS="+strings.Join(e.cfg.KafkaBrokers, ","), "MONGO_URI="+e.cfg.MongoURI, "MONGO_DATABASE="+e.cfg.MongoDatabase,
-			"REDIS_URL="+e.cfg.RedisURL, "KAFKA_SIGNING_KEYS="+testSigningKID+"="+testSigningSecret,
-			"HTTP_ADDR="+testenv.FreeAddr(t), "METRICS_ADDR="+metrics, "LOG_LEVEL=warn", "SHUTDOWN_DRAIN_DELAY=0s",
-			// Small polls, so several are in hand at once and the kill lands between them.
-			"PIPELINE_MAX_POLL_RECORDS=200", "WATCHERS_ENABLED=false",
-			// The killed member is dropped (and its partitions reassigned) after this, not after 45 s.
-			"KAFKA_SESSION_TIMEOUT=6s")
-		cmd.Stdout, cmd.Stderr = testWriter{t}, testWriter{t}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-		return cmd, "http://" + metrics + "/metrics"
-	}
+	first, url := e.startBinary(t, bin, 200) // small polls, so several are in hand at once
+	killWithBatchesInFlight(t, first, url, n)
 
-	first, url := start()
-	var inFlight, stored float64
-	testenv.Eventually(t, "two batches in flight, some stored", time.Minute, func() bool {
-		m := scrapeMetrics(url)
-		inFlight, stored = m["platform_pipeline_polls_in_flight"], m["platform_pipeline_messages_total"]
-		return inFlight >= 2 && stored > 0
-	})
-	if err := first.Process.Signal(syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	_ = first.Wait()
-	t.Logf("killed with %.0f batches in flight, %.0f of %d messages stored", inFlight, stored, n)
-	if stored >= n {
-		t.Fatal("everything was stored before the kill; the test proves nothing")
-	}
-
-	second, _ := start()
+	second, _ := e.startBinary(t, bin, 200)
 	e.waitStored(n)
 	if err := second.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
@@ -71,6 +39,47 @@ func TestKillWithBatchesInFlight(t *testing.T) {
 	e.checkEvents(w, false)
 	if got := e.dlqCount(); got != 0 {
 		t.Fatalf("%d dead letters, want 0", got)
+	}
+}
+
+// startBinary runs the pipeline binary at bin on the test's Kafka, store and Redis, polling at most
+// pollRecords at a time, and returns it and its /metrics URL; it is killed when the test ends. A killed
+// member is dropped (and its partitions reassigned) after 6 s, not 45.
+func (e *env) startBinary(t *testing.T, bin string, pollRecords int) (*exec.Cmd, string) {
+	t.Helper()
+	metrics := testenv.FreeAddr(t)
+	cmd := exec.Command(bin)
+	cmd.Env = append(os.Environ(),
+		"KAFKA_BROKERS="+strings.Join(e.cfg.KafkaBrokers, ","), "MONGO_URI="+e.cfg.MongoURI, "MONGO_DATABASE="+e.cfg.MongoDatabase,
+		"REDIS_URL="+e.cfg.RedisURL, "KAFKA_SIGNING_KEYS="+testSigningKID+"="+testSigningSecret,
+		"HTTP_ADDR="+testenv.FreeAddr(t), "METRICS_ADDR="+metrics, "LOG_LEVEL=warn", "SHUTDOWN_DRAIN_DELAY=0s",
+		"PIPELINE_MAX_POLL_RECORDS="+strconv.Itoa(pollRecords), "WATCHERS_ENABLED=false", "KAFKA_SESSION_TIMEOUT=6s")
+	cmd.Stdout, cmd.Stderr = testWriter{t}, testWriter{t}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	return cmd, "http://" + metrics + "/metrics"
+}
+
+// killWithBatchesInFlight SIGKILLs cmd once at least two polled batches are in hand
+// (platform_pipeline_polls_in_flight) and some messages stored, and fails the test if all n were stored
+// before the kill (it would prove nothing).
+func killWithBatchesInFlight(t *testing.T, cmd *exec.Cmd, metricsURL string, n int) {
+	t.Helper()
+	var inFlight, stored float64
+	testenv.Eventually(t, "two batches in flight, some stored", time.Minute, func() bool {
+		m := scrapeMetrics(metricsURL)
+		inFlight, stored = m["platform_pipeline_polls_in_flight"], m["platform_pipeline_messages_total"]
+		return inFlight >= 2 && stored > 0
+	})
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Wait()
+	t.Logf("killed with %.0f batches in flight, %.0f of %d messages stored", inFlight, stored, n)
+	if stored >= float64(n) {
+		t.Fatal("everything was stored before the kill; the test proves nothing")
 	}
 }
 

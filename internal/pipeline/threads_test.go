@@ -2,9 +2,6 @@ package pipeline
 
 import (
 	"fmt"
-	"os"
-	"os/exec"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -53,39 +50,10 @@ func TestThreadCountsExactAfterKill(t *testing.T) {
 	e.produce(recs...)
 	bin := testenv.Binary(t, "services/pipeline")
 
-	start := func() (*exec.Cmd, string) {
-		metrics := testenv.FreeAddr(t)
-		cmd := exec.Command(bin)
-		cmd.Env = append(os.Environ(),
-			"KAFKA_BROKERS="+strings.Join(e.cfg.KafkaBrokers, ","), "MONGO_URI="+e.cfg.MongoURI, "MONGO_DATABASE="+e.cfg.MongoDatabase,
-			"REDIS_URL="+e.cfg.RedisURL, "KAFKA_SIGNING_KEYS="+testSigningKID+"="+testSigningSecret,
-			"HTTP_ADDR="+testenv.FreeAddr(t), "METRICS_ADDR="+metrics, "LOG_LEVEL=warn", "SHUTDOWN_DRAIN_DELAY=0s",
-			"PIPELINE_MAX_POLL_RECORDS=100", "WATCHERS_ENABLED=false", "KAFKA_SESSION_TIMEOUT=6s")
-		cmd.Stdout, cmd.Stderr = testWriter{t}, testWriter{t}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-		return cmd, "http://" + metrics + "/metrics"
-	}
+	first, url := e.startBinary(t, bin, 100)
+	killWithBatchesInFlight(t, first, url, n)
 
-	first, url := start()
-	var inFlight, stored float64
-	testenv.Eventually(t, "two batches in flight, some stored", time.Minute, func() bool {
-		m := scrapeMetrics(url)
-		inFlight, stored = m["platform_pipeline_polls_in_flight"], m["platform_pipeline_messages_total"]
-		return inFlight >= 2 && stored > 0
-	})
-	if err := first.Process.Signal(syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	_ = first.Wait()
-	t.Logf("killed with %.0f batches in flight, %.0f of %d messages stored", inFlight, stored, n)
-	if stored >= n {
-		t.Fatal("everything was stored before the kill; the test proves nothing")
-	}
-
-	second, _ := start()
+	second, _ := e.startBinary(t, bin, 100)
 	e.waitStored(int64(n + len(roots)))
 	testenv.Eventually(t, "the misplaced reply dead-lettered", time.Minute, func() bool { return e.dlqCount() == 1 })
 	if err := second.Process.Signal(syscall.SIGTERM); err != nil {
