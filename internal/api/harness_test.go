@@ -1,7 +1,6 @@
 package api_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"io"
@@ -9,7 +8,6 @@ import (
 	"maps"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -45,7 +43,7 @@ type gateway struct {
 	conv    platformv1.ConversationServiceClient
 	msgs    platformv1.MessageServiceClient
 	dls     platformv1.DeadLetterServiceClient
-	logs    *lockedBuf // the process's log lines (text handler)
+	logs    *testenv.LockedBuffer // the process's log lines (text handler)
 }
 
 // startGateway starts a process with roles (the gateway's among them) over kafkaAddr; it stops when
@@ -66,7 +64,7 @@ func startGatewayWith(t *testing.T, kafkaAddr string, roles app.Roles, vars map[
 	}
 	maps.Copy(env, vars)
 	cfg := testenv.Config(t, env)
-	logs := &lockedBuf{}
+	logs := &testenv.LockedBuffer{}
 	p := apptest.Start(t, cfg, roles, slog.New(slog.NewTextHandler(logs, nil)))
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -88,24 +86,6 @@ func startGatewayWith(t *testing.T, kafkaAddr string, roles app.Roles, vars map[
 		st: store.New(client.Database(db)), dlst: store.NewDeadLetters(client.Database(db)),
 		conv: platformv1.NewConversationServiceClient(conn), msgs: platformv1.NewMessageServiceClient(conn),
 		dls: platformv1.NewDeadLetterServiceClient(conn), logs: logs}
-}
-
-// lockedBuf collects log lines written concurrently.
-type lockedBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 func mint(t *testing.T, sub, tenant string, roles ...string) string {

@@ -13,7 +13,6 @@ import (
 	"net/http"
 	"os"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -34,7 +33,7 @@ import (
 // tlsProcess is a process started with TLS settings, and its logs.
 type tlsProcess struct {
 	*apptest.Process
-	logs *syncBuf
+	logs *testenv.LockedBuffer
 }
 
 func startTLSProcess(t *testing.T, roles app.Roles, vars map[string]string) *tlsProcess {
@@ -45,7 +44,7 @@ func startTLSProcess(t *testing.T, roles app.Roles, vars map[string]string) *tls
 	if env["KAFKA_BROKERS"] == "" {
 		env["KAFKA_BROKERS"] = testenv.Kafka(t)
 	}
-	logs := &syncBuf{}
+	logs := &testenv.LockedBuffer{}
 	p := apptest.Start(t, testenv.Config(t, env), roles, slog.New(slog.NewTextHandler(logs, nil)))
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -53,23 +52,6 @@ func startTLSProcess(t *testing.T, roles app.Roles, vars map[string]string) *tls
 		}
 	})
 	return &tlsProcess{Process: p, logs: logs}
-}
-
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuf) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuf) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
 
 // authed returns a context carrying a user token of alice.

@@ -49,7 +49,7 @@ func TestOneTracePerMessage(t *testing.T) {
 		"KAFKA_BROKERS": kafkaAddr, "MONGO_URI": mongoURI, "MONGO_DATABASE": testenv.MongoDatabase(t, mongoURI),
 		"REDIS_URL": testenv.Redis(t),
 	})
-	logs := &syncBuf{}
+	logs := &testenv.LockedBuffer{}
 	p := apptest.Start(t, cfg, app.Roles{Gateway: true, Pipeline: true}, slog.New(slog.NewTextHandler(logs, nil)),
 		app.WithTracerProvider(tp))
 	conn, err := grpc.NewClient(p.GRPC, grpc.WithTransportCredentials(insecure.NewCredentials()))
