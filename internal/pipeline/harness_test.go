@@ -52,7 +52,9 @@ func newEnv(t testing.TB) *env {
 	m := testenv.StartMongoServer(t)
 	vars := map[string]string{
 		"KAFKA_BROKERS": broker, "MONGO_URI": m.URI(), "MONGO_DATABASE": "platform", "REDIS_URL": testenv.Redis(t),
-		"SHUTDOWN_TIMEOUT": "10s", "KAFKA_SIGNING_KEYS": testSigningKID + "=" + testSigningSecret,
+		// The production default: a graceful stop finishes the polls in hand within it. 10 s was not
+		// enough in CI, where FerretDB and kfake share two cores with other packages' tests under -race.
+		"SHUTDOWN_TIMEOUT": "30s", "KAFKA_SIGNING_KEYS": testSigningKID + "=" + testSigningSecret,
 	}
 	cfg, err := config.Load(func(k string) string { return vars[k] })
 	if err != nil {
