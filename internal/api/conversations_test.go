@@ -31,7 +31,7 @@ func badRequestFields(err error) []string {
 
 func TestConversationLifecycle(t *testing.T) {
 	g := startGateway(t, testenv.Kafka(t), gatewayOnly)
-	alice, bob, carol := mint(t, "alice", "t1"), mint(t, "bob", "t1"), mint(t, "carol", "t1")
+	alice, bob, carol := testenv.Token(t, "alice", "t1"), testenv.Token(t, "bob", "t1"), testenv.Token(t, "carol", "t1")
 
 	created, err := g.conv.CreateConversation(as(alice), &platformv1.CreateConversationRequest{Title: "  Launch  ", MemberIds: []string{"bob", "bob", "alice"}})
 	if err != nil {
@@ -136,7 +136,7 @@ func TestConversationLifecycle(t *testing.T) {
 
 func TestConversationValidation(t *testing.T) {
 	g := startGateway(t, testenv.Kafka(t), gatewayOnly)
-	alice := mint(t, "alice", "t1")
+	alice := testenv.Token(t, "alice", "t1")
 	tests := []struct {
 		name  string
 		req   *platformv1.CreateConversationRequest
@@ -172,7 +172,7 @@ func TestConversationValidation(t *testing.T) {
 // start.
 func TestListConversationsPaginationUnderInserts(t *testing.T) {
 	g := startGateway(t, testenv.Kafka(t), gatewayOnly)
-	alice := mint(t, "alice", "t1")
+	alice := testenv.Token(t, "alice", "t1")
 	existing := map[string]bool{}
 	for i := range 7 {
 		c, err := g.conv.CreateConversation(as(alice), &platformv1.CreateConversationRequest{Title: fmt.Sprintf("c%d", i)})

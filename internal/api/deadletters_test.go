@@ -121,7 +121,7 @@ func republished(t *testing.T, broker string, values ...string) []*kgo.Record {
 // TestOperatorTenantScopeAndAudit's).
 func TestDeadLetterService(t *testing.T) {
 	g := startGateway(t, testenv.Kafka(t), gatewayOnly)
-	ops := mint(t, "oscar", "t1", "platform_operator")
+	ops := testenv.Token(t, "oscar", "t1", "platform_operator")
 
 	t.Run("list with filters and pages", func(t *testing.T) {
 		ids := g.seed(t,
@@ -393,7 +393,7 @@ func TestDeadLetterService(t *testing.T) {
 	})
 
 	t.Run("a plain user is denied every RPC", func(t *testing.T) {
-		user := mint(t, "ursula", "t1", "user")
+		user := testenv.Token(t, "ursula", "t1", "user")
 		ctx := as(user)
 		for name, call := range map[string]func() error{
 			"List": func() error { _, err := g.dls.ListDeadLetters(ctx, &platformv1.ListDeadLettersRequest{}); return err },
@@ -446,8 +446,8 @@ func TestDeadLetterService(t *testing.T) {
 func TestDeadLetterEndToEndThroughThePipeline(t *testing.T) {
 	g := startGateway(t, testenv.Kafka(t), gatewayAndPipeline)
 	// The undecodable record has no tenant: only platform_operator reaches it.
-	ops := mint(t, "oscar", "t1", "platform_operator")
-	alice := mint(t, "alice", "te")
+	ops := testenv.Token(t, "oscar", "t1", "platform_operator")
+	alice := testenv.Token(t, "alice", "te")
 	conv := newConversation(t, g, alice, "bob")
 	ctx := context.Background()
 

@@ -95,9 +95,9 @@ func call(tok, rid string) context.Context {
 // event naming the caller, its tenant, the dead letter and the result, and no payload.
 func TestOperatorTenantScopeAndAudit(t *testing.T) {
 	g := startGateway(t, testenv.Kafka(t), gatewayOnly)
-	oscar := mint(t, "oscar", "t1", "operator")      // t1's operator
-	pat := mint(t, "pat", "t0", "platform_operator") // the platform's
-	ursula := mint(t, "ursula", "t1", "user")        // nobody's
+	oscar := testenv.Token(t, "oscar", "t1", "operator")      // t1's operator
+	pat := testenv.Token(t, "pat", "t0", "platform_operator") // the platform's
+	ursula := testenv.Token(t, "ursula", "t1", "user")        // nobody's
 	ids := g.seed(t,
 		dl("t1", "authorize", "permanent", store.DeadLetterParked, "not a member", []byte("scope-secret-a1")),
 		dl("t1", "authorize", "permanent", store.DeadLetterParked, "not a member", []byte("scope-secret-a2")),

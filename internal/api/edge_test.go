@@ -24,7 +24,7 @@ import (
 // The edge's limits on what one request may be, over both transports, through the production process.
 func TestEdgeRequestLimits(t *testing.T) {
 	g := startGateway(t, testenv.Kafka(t), gatewayOnly)
-	alice := mint(t, "alice", "t1")
+	alice := testenv.Token(t, "alice", "t1")
 	conv := newConversation(t, g, alice)
 
 	t.Run("gRPC", func(t *testing.T) {
@@ -121,7 +121,7 @@ func TestEdgeRefusesAnonymousCallersCheaply(t *testing.T) {
 // closed stream frees its slot. Anonymous health Watch streams are bounded too.
 func TestEdgeStreamLimits(t *testing.T) {
 	g := startGatewayWith(t, testenv.Kafka(t), gatewayOnly, map[string]string{"STREAM_MAX_PER_PRINCIPAL": "2"})
-	alice, bob := mint(t, "alice", "t1"), mint(t, "bob", "t1")
+	alice, bob := testenv.Token(t, "alice", "t1"), testenv.Token(t, "bob", "t1")
 	conv := newConversation(t, g, alice, "bob")
 
 	open := func(tok string) (context.CancelFunc, error) {
@@ -206,11 +206,11 @@ func TestEdgeHealthDetailsOnlyForOperators(t *testing.T) {
 		b, _ := io.ReadAll(resp.Body)
 		return string(b)
 	}
-	operator := mint(t, "ops", "t1", "operator")
+	operator := testenv.Token(t, "ops", "t1", "operator")
 	testenv.Eventually(t, "the operator sees redis's error", 20*time.Second, func() bool {
 		return strings.Contains(health(operator), redis.Addr())
 	})
-	for _, tok := range []string{"", mint(t, "alice", "t1"), "not-a-token"} {
+	for _, tok := range []string{"", testenv.Token(t, "alice", "t1"), "not-a-token"} {
 		got := health(tok)
 		if strings.Contains(got, redis.Addr()) || strings.Contains(got, "127.0.0.1") || !strings.Contains(got, "redis") {
 			t.Errorf("token %.10q: public health shows internals or no redis entry: %s", tok, got)

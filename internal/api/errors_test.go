@@ -31,7 +31,7 @@ func TestStoreDownIsUnavailable(t *testing.T) {
 	}
 	defer conn.Close()
 	convs := platformv1.NewConversationServiceClient(conn)
-	alice := mint(t, "alice", "t1")
+	alice := testenv.Token(t, "alice", "t1")
 	c, err := convs.CreateConversation(as(alice), &platformv1.CreateConversationRequest{Title: "chat"})
 	if err != nil {
 		t.Fatal(err)

@@ -18,7 +18,6 @@ import (
 	platformv1 "github.com/msgplatform/platform/gen/platform/v1"
 	"github.com/msgplatform/platform/internal/app"
 	"github.com/msgplatform/platform/internal/app/apptest"
-	"github.com/msgplatform/platform/internal/auth"
 	"github.com/msgplatform/platform/internal/store"
 	"github.com/msgplatform/platform/internal/testenv"
 )
@@ -86,18 +85,6 @@ func startGatewayWith(t *testing.T, kafkaAddr string, roles app.Roles, vars map[
 		st: store.New(client.Database(db)), dlst: store.NewDeadLetters(client.Database(db)),
 		conv: platformv1.NewConversationServiceClient(conn), msgs: platformv1.NewMessageServiceClient(conn),
 		dls: platformv1.NewDeadLetterServiceClient(conn), logs: logs}
-}
-
-func mint(t *testing.T, sub, tenant string, roles ...string) string {
-	t.Helper()
-	if len(roles) == 0 {
-		roles = []string{"user"}
-	}
-	tok, err := auth.MintHS256([]byte(testenv.TestHMACSecret), auth.Principal{Subject: sub, TenantID: tenant, Roles: roles}, time.Hour, "", "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tok
 }
 
 // as returns a context calling as the token's subject.

@@ -58,7 +58,7 @@ func inbound(t *testing.T, broker string, want int) []*kgo.Record {
 
 func TestSendMessagePublishesTheEnvelope(t *testing.T) {
 	g := startGateway(t, testenv.Kafka(t), gatewayOnly)
-	alice, bob := mint(t, "alice", "t1"), mint(t, "bob", "t1")
+	alice, bob := testenv.Token(t, "alice", "t1"), testenv.Token(t, "bob", "t1")
 	conv := newConversation(t, g, alice, "bob")
 
 	resp, err := g.msgs.SendMessage(as(bob), &platformv1.SendMessageRequest{ConversationId: conv, Body: "hi @alice", Metadata: map[string]string{"k": "v"}})
@@ -83,7 +83,7 @@ func TestSendMessagePublishesTheEnvelope(t *testing.T) {
 // Concurrent retries with one client_message_id get one id back and publish one record.
 func TestSendMessageIdempotentUnderConcurrentRetries(t *testing.T) {
 	g := startGateway(t, testenv.Kafka(t), gatewayOnly)
-	alice := mint(t, "alice", "t1")
+	alice := testenv.Token(t, "alice", "t1")
 	conv := newConversation(t, g, alice)
 	const retries = 12
 	ids := make([]string, retries)
@@ -119,7 +119,7 @@ func TestSendMessageIdempotentUnderConcurrentRetries(t *testing.T) {
 
 func TestSendMessageValidation(t *testing.T) {
 	g := startGateway(t, testenv.Kafka(t), gatewayOnly)
-	alice := mint(t, "alice", "t1")
+	alice := testenv.Token(t, "alice", "t1")
 	conv := newConversation(t, g, alice)
 	many := map[string]string{}
 	for i := range 17 {
@@ -158,7 +158,7 @@ func TestSendMessageKafkaUnavailable(t *testing.T) {
 		t.Fatal(err)
 	}
 	g := startGateway(t, k.Addr(), gatewayOnly)
-	alice := mint(t, "alice", "t1")
+	alice := testenv.Token(t, "alice", "t1")
 	conv := newConversation(t, g, alice)
 	if _, err := g.msgs.SendMessage(as(alice), &platformv1.SendMessageRequest{ConversationId: conv, Body: "before"}); err != nil {
 		t.Fatalf("with Kafka up: %v", err)
@@ -176,7 +176,7 @@ func TestSendMessageKafkaUnavailable(t *testing.T) {
 
 func TestMessageReadEditDelete(t *testing.T) {
 	g := startGateway(t, testenv.Kafka(t), gatewayOnly)
-	alice, bob, vic := mint(t, "alice", "t1"), mint(t, "bob", "t1"), mint(t, "vic", "t1")
+	alice, bob, vic := testenv.Token(t, "alice", "t1"), testenv.Token(t, "bob", "t1"), testenv.Token(t, "vic", "t1")
 	conv := newConversation(t, g, alice, "bob")
 	if _, err := g.conv.AddMember(as(alice), &platformv1.AddMemberRequest{ConversationId: conv, UserId: "vic", Role: platformv1.MemberRole_MEMBER_ROLE_VIEWER}); err != nil {
 		t.Fatal(err)
@@ -231,7 +231,7 @@ func TestMessageReadEditDelete(t *testing.T) {
 
 func TestListMessagesPaginationUnderInserts(t *testing.T) {
 	g := startGateway(t, testenv.Kafka(t), gatewayOnly)
-	alice := mint(t, "alice", "t1")
+	alice := testenv.Token(t, "alice", "t1")
 	conv := newConversation(t, g, alice)
 	existing := map[string]bool{}
 	for i := range 9 {
@@ -269,7 +269,7 @@ func TestListMessagesPaginationUnderInserts(t *testing.T) {
 // Every read path of another tenant's conversation is NOT_FOUND, never PERMISSION_DENIED.
 func TestTenantIsolation(t *testing.T) {
 	g := startGateway(t, testenv.Kafka(t), gatewayOnly)
-	alice, eve := mint(t, "alice", "t1"), mint(t, "alice", "t2") // same user id, other tenant
+	alice, eve := testenv.Token(t, "alice", "t1"), testenv.Token(t, "alice", "t2") // same user id, other tenant
 	conv := newConversation(t, g, alice)
 	persist(t, g, store.Message{ID: "01HB0000000000000000000001", TenantID: "t1", ConversationID: conv, SenderID: "alice", Body: "secret"})
 	ctx := as(eve)
@@ -302,7 +302,7 @@ func TestTenantIsolation(t *testing.T) {
 // JSON); a member removed mid-stream stops receiving.
 func TestStreamMessages(t *testing.T) {
 	g := startGateway(t, testenv.Kafka(t), gatewayOnly)
-	alice, bob := mint(t, "alice", "t1"), mint(t, "bob", "t1")
+	alice, bob := testenv.Token(t, "alice", "t1"), testenv.Token(t, "bob", "t1")
 	conv := newConversation(t, g, alice, "bob")
 	persist(t, g, store.Message{ID: "01HC0000000000000000000001", TenantID: "t1", ConversationID: conv, SenderID: "alice", Body: "v1"})
 

@@ -18,7 +18,7 @@ import (
 // the conversation keeps exactly one owner (before the fix: no owner left in 12 of 12 trials).
 func TestLastOwnerRaceOverGRPC(t *testing.T) {
 	g := startGateway(t, testenv.Kafka(t), gatewayOnly)
-	alice, bob := mint(t, "alice", "t1"), mint(t, "bob", "t1")
+	alice, bob := testenv.Token(t, "alice", "t1"), testenv.Token(t, "bob", "t1")
 	takeOwner := []struct {
 		name string
 		call func(tok, convID, target string) error

@@ -39,7 +39,7 @@ func unread(t *testing.T, g *gateway, tok, conv string) (int64, string) {
 // nobody else's.
 func TestReadStateAndUnreadCounts(t *testing.T) {
 	g := startGateway(t, testenv.Kafka(t), gatewayAndPipeline)
-	alice, bob := mint(t, "alice", "t1"), mint(t, "bob", "t1")
+	alice, bob := testenv.Token(t, "alice", "t1"), testenv.Token(t, "bob", "t1")
 	conv := newConversation(t, g, alice, "bob")
 	other := newConversation(t, g, alice, "bob")
 	bobStream := openStream(t, as(bob), g, conv, "")
@@ -147,7 +147,7 @@ func TestReadStateAndUnreadCounts(t *testing.T) {
 // INVALID_ARGUMENT, to a deleted root FAILED_PRECONDITION.
 func TestThreads(t *testing.T) {
 	g := startGateway(t, testenv.Kafka(t), gatewayAndPipeline)
-	alice, bob := mint(t, "alice", "t1"), mint(t, "bob", "t1")
+	alice, bob := testenv.Token(t, "alice", "t1"), testenv.Token(t, "bob", "t1")
 	conv := newConversation(t, g, alice, "bob")
 	other := newConversation(t, g, alice, "bob")
 	stream := openStream(t, as(bob), g, conv, "")

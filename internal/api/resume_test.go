@@ -86,7 +86,7 @@ func openStream(t *testing.T, ctx context.Context, g *gateway, conv, after strin
 // sender does not pause while the client reconnects). Real pipeline: SendMessage, Kafka, persist, events.
 func TestStreamMessagesResumeAfterDisconnect(t *testing.T) {
 	g := startGateway(t, testenv.Kafka(t), gatewayAndPipeline)
-	alice, bob := mint(t, "alice", "t1"), mint(t, "bob", "t1")
+	alice, bob := testenv.Token(t, "alice", "t1"), testenv.Token(t, "bob", "t1")
 	conv := newConversation(t, g, alice, "bob")
 
 	ctx1, cancel1 := context.WithCancel(as(bob))
@@ -148,7 +148,7 @@ func TestStreamMessagesResumeAfterDisconnect(t *testing.T) {
 // stream would publish) is not sent again, an edit made after the replay is.
 func TestStreamMessagesResumeDropsWhatTheReplayCovered(t *testing.T) {
 	g := startGateway(t, testenv.Kafka(t), gatewayOnly)
-	alice, bob := mint(t, "alice", "t1"), mint(t, "bob", "t1")
+	alice, bob := testenv.Token(t, "alice", "t1"), testenv.Token(t, "bob", "t1")
 	conv := newConversation(t, g, alice, "bob")
 	ids := []string{"01HC0000000000000000000001", "01HC0000000000000000000002", "01HC0000000000000000000003", "01HC0000000000000000000004"}
 	persist(t, g,
@@ -202,7 +202,7 @@ func TestStreamMessagesResumeDropsWhatTheReplayCovered(t *testing.T) {
 // after_message_id must be a message of the conversation, and at most api.MaxReplay messages may follow it.
 func TestStreamMessagesResumePoint(t *testing.T) {
 	g := startGateway(t, testenv.Kafka(t), gatewayOnly)
-	alice := mint(t, "alice", "t1")
+	alice := testenv.Token(t, "alice", "t1")
 	conv := newConversation(t, g, alice)
 	other := newConversation(t, g, alice)
 	persist(t, g, store.Message{ID: "01HC0000000000000000000OTH", TenantID: "t1", ConversationID: other, SenderID: "alice", Body: "elsewhere"})

@@ -118,7 +118,7 @@ type pageState struct {
 func TestStreamMessagesEventSourceInChromium(t *testing.T) {
 	ctx := browser.New(t, 2*time.Minute)
 	g := startGateway(t, testenv.Kafka(t), gatewayAndPipeline)
-	alice, bob := mint(t, "alice", "t1"), mint(t, "bob", "t1")
+	alice, bob := testenv.Token(t, "alice", "t1"), testenv.Token(t, "bob", "t1")
 	conv := newConversation(t, g, alice, "bob")
 
 	target, err := url.Parse(g.rest)

@@ -149,7 +149,7 @@ func waitPersisted(t *testing.T, g *gateway, conv, id string) {
 // stream starts an HTTP status, after it an `event: error`.
 func TestStreamMessagesServerSentEvents(t *testing.T) {
 	g := startGatewayWith(t, testenv.Kafka(t), gatewayAndPipeline, map[string]string{"STREAM_KEEPALIVE": "150ms"})
-	alice, bob := mint(t, "alice", "t1"), mint(t, "bob", "t1")
+	alice, bob := testenv.Token(t, "alice", "t1"), testenv.Token(t, "bob", "t1")
 	conv := newConversation(t, g, alice, "bob")
 
 	ctx, cancel := context.WithCancel(context.Background())
@@ -245,7 +245,7 @@ func TestStreamMessagesServerSentEvents(t *testing.T) {
 // route only; refusals before the stream starts are HTTP statuses with the JSON error body.
 func TestStreamMessagesServerSentEventsRefusals(t *testing.T) {
 	g := startGateway(t, testenv.Kafka(t), gatewayOnly)
-	alice, mallory := mint(t, "alice", "t1"), mint(t, "mallory", "t1")
+	alice, mallory := testenv.Token(t, "alice", "t1"), testenv.Token(t, "mallory", "t1")
 	conv := newConversation(t, g, alice)
 
 	for _, tc := range []struct {
@@ -310,7 +310,7 @@ func TestStreamMessagesServerSentEventsRefusals(t *testing.T) {
 // is authorized, before any message: a client can tell a live stream from a hung one.
 func TestStreamMessagesNDJSONHeadersFirst(t *testing.T) {
 	g := startGateway(t, testenv.Kafka(t), gatewayOnly)
-	alice := mint(t, "alice", "t1")
+	alice := testenv.Token(t, "alice", "t1")
 	conv := newConversation(t, g, alice)
 
 	for _, tc := range []struct {
@@ -318,7 +318,7 @@ func TestStreamMessagesNDJSONHeadersFirst(t *testing.T) {
 		want      int
 	}{
 		{"member", alice, http.StatusOK},
-		{"not a member", mint(t, "mallory", "t1"), http.StatusForbidden},
+		{"not a member", testenv.Token(t, "mallory", "t1"), http.StatusForbidden},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 4*time.Second) // curl -i -m 4

@@ -29,7 +29,7 @@ func TestSendMessageValidationAgreesWithThePipeline(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			tok := mint(t, c.Subject, c.Tenant, c.Roles...)
+			tok := testenv.Token(t, c.Subject, c.Tenant, c.Roles...)
 			resp, err := g.msgs.SendMessage(as(tok), &platformv1.SendMessageRequest{ConversationId: conv, Body: c.Body,
 				ClientMessageId: c.ClientMessageID, Metadata: c.Metadata})
 			want := map[envelopetest.Outcome]codes.Code{envelopetest.Accepted: codes.OK,

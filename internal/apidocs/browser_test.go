@@ -20,7 +20,6 @@ import (
 	"github.com/msgplatform/platform/internal/apidocs"
 	"github.com/msgplatform/platform/internal/app"
 	"github.com/msgplatform/platform/internal/app/apptest"
-	"github.com/msgplatform/platform/internal/auth"
 	"github.com/msgplatform/platform/internal/testenv"
 	"github.com/msgplatform/platform/internal/testenv/browser"
 )
@@ -39,11 +38,7 @@ func TestExplorerInChromium(t *testing.T) {
 	})
 	p := apptest.Start(t, cfg, app.Roles{Gateway: true}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	base := "http://" + p.HTTP
-	token, err := auth.MintHS256([]byte(testenv.TestHMACSecret),
-		auth.Principal{Subject: "explorer-user", TenantID: "t-docs", Roles: []string{"user"}}, time.Hour, "", "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	token := testenv.Token(t, "explorer-user", "t-docs")
 
 	// Every request the page makes, to prove it stays on this origin.
 	var mu sync.Mutex

@@ -32,24 +32,6 @@ func scrape(t *testing.T, p *apptest.Process) map[string]*dto.MetricFamily {
 	return mfs
 }
 
-func value(mf *dto.MetricFamily, labels ...string) float64 {
-	var sum float64
-	for _, m := range mf.GetMetric() {
-		ok := true
-		for i := 0; i+1 < len(labels); i += 2 {
-			found := false
-			for _, lp := range m.GetLabel() {
-				found = found || (lp.GetName() == labels[i] && lp.GetValue() == labels[i+1])
-			}
-			ok = ok && found
-		}
-		if ok {
-			sum += m.GetGauge().GetValue() + m.GetCounter().GetValue()
-		}
-	}
-	return sum
-}
-
 // A pipeline process opens one MongoDB client (one pool per server: FerretDB is one server) whatever
 // runs in it, exports the watchers' and the DLQ's metrics in its one registry, and the switches turn the
 // watchers and the DLQ scheduler off.
@@ -70,9 +52,9 @@ func TestPipelineProcessOnePoolAndSwitches(t *testing.T) {
 			var mfs map[string]*dto.MetricFamily
 			testenv.Eventually(t, "a pool open", 0, func() bool {
 				mfs = scrape(t, p)
-				return value(mfs["platform_mongodb_pools"]) >= 1
+				return testenv.Series(mfs["platform_mongodb_pools"]) >= 1
 			})
-			if n := value(mfs["platform_mongodb_pools"]); n != 1 {
+			if n := testenv.Series(mfs["platform_mongodb_pools"]); n != 1 {
 				t.Errorf("platform_mongodb_pools = %v, want 1: one MongoDB client per process", n)
 			}
 			if _, ok := mfs["platform_change_streams_supported"]; ok != tc.wantChangeStreams {

@@ -25,7 +25,6 @@ import (
 	platformv1 "github.com/msgplatform/platform/gen/platform/v1"
 	"github.com/msgplatform/platform/internal/app"
 	"github.com/msgplatform/platform/internal/app/apptest"
-	"github.com/msgplatform/platform/internal/auth"
 	"github.com/msgplatform/platform/internal/testenv"
 	"github.com/msgplatform/platform/internal/tlsconfig/tlstest"
 )
@@ -57,10 +56,7 @@ func startTLSProcess(t *testing.T, roles app.Roles, vars map[string]string) *tls
 // authed returns a context carrying a user token of alice.
 func authed(t *testing.T) context.Context {
 	t.Helper()
-	tok, err := auth.MintHS256([]byte(testenv.TestHMACSecret), auth.Principal{Subject: "alice", TenantID: "tls", Roles: []string{"user"}}, time.Hour, "", "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	tok := testenv.Token(t, "alice", "tls")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	t.Cleanup(cancel)
 	return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tok)
@@ -255,10 +251,10 @@ func TestGatewayMutualTLSAndReload(t *testing.T) {
 	})
 	mfs := scrape(t, p.Process)
 	for _, listener := range []string{"grpc", "http"} {
-		if n := value(mfs["platform_tls_reloads_total"], "listener", listener, "result", "success"); n < 1 {
+		if n := testenv.Series(mfs["platform_tls_reloads_total"], "listener", listener, "result", "success"); n < 1 {
 			t.Errorf("platform_tls_reloads_total{listener=%q,result=\"success\"} = %v, want at least 1", listener, n)
 		}
-		if n := value(mfs["platform_tls_certificate_expiry_timestamp_seconds"], "listener", listener); n == 0 {
+		if n := testenv.Series(mfs["platform_tls_certificate_expiry_timestamp_seconds"], "listener", listener); n == 0 {
 			t.Errorf("no certificate expiry for %s", listener)
 		}
 	}

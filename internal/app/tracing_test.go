@@ -25,7 +25,6 @@ import (
 	platformv1 "github.com/msgplatform/platform/gen/platform/v1"
 	"github.com/msgplatform/platform/internal/app"
 	"github.com/msgplatform/platform/internal/app/apptest"
-	"github.com/msgplatform/platform/internal/auth"
 	"github.com/msgplatform/platform/internal/envelope"
 	"github.com/msgplatform/platform/internal/kafka"
 	"github.com/msgplatform/platform/internal/testenv"
@@ -57,10 +56,7 @@ func TestOneTracePerMessage(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = conn.Close() })
-	tok, err := auth.MintHS256([]byte(testenv.TestHMACSecret), auth.Principal{Subject: "alice", TenantID: "tr", Roles: []string{"user"}}, time.Hour, "", "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	tok := testenv.Token(t, "alice", "tr")
 	ctx := metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+tok)
 	conv, err := platformv1.NewConversationServiceClient(conn).CreateConversation(ctx, &platformv1.CreateConversationRequest{Title: "traced"})
 	if err != nil {
@@ -285,10 +281,7 @@ func benchProcess(b *testing.B, opts ...app.Option) *benchProc {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { _ = conn.Close() })
-	tok, err := auth.MintHS256([]byte(testenv.TestHMACSecret), auth.Principal{Subject: "alice", TenantID: "tb", Roles: []string{"user"}}, time.Hour, "", "")
-	if err != nil {
-		b.Fatal(err)
-	}
+	tok := testenv.Token(b, "alice", "tb")
 	bp := &benchProc{msgs: platformv1.NewMessageServiceClient(conn), convs: platformv1.NewConversationServiceClient(conn),
 		ctx: metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+tok), rest: "http://" + p.HTTP, tok: tok}
 	c, err := bp.convs.CreateConversation(bp.ctx, &platformv1.CreateConversationRequest{Title: "bench"})

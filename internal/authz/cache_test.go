@@ -29,23 +29,7 @@ func getConversation(t *testing.T, h *harness, p auth.Principal) codes.Code {
 
 func lookups(t *testing.T, reg *prometheus.Registry, result string) float64 {
 	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != "platform_membership_cache_lookups_total" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "result" && l.GetValue() == result {
-					return m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	return 0
+	return testenv.Metric(t, reg, "platform_membership_cache_lookups_total", "result", result)
 }
 
 var (

@@ -33,25 +33,6 @@ func runCache(t *testing.T, c *authz.MembershipCache) {
 // the assertion is that they happen, not how fast.
 const waitLimit = 10 * time.Second
 
-func counterValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
-			m := mf.GetMetric()[0]
-			if m.GetCounter() != nil {
-				return m.GetCounter().GetValue()
-			}
-			return m.GetGauge().GetValue()
-		}
-	}
-	t.Fatalf("metric %s not found", name)
-	return 0
-}
-
 // An hour-long L1 TTL throughout: whatever drops an entry below is an invalidation or a reset, not expiry.
 var longL1 = authz.CacheConfig{L1TTL: time.Hour, SubscriptionCheck: 100 * time.Millisecond}
 
@@ -102,7 +83,7 @@ func TestL1RemoteInvalidation(t *testing.T) {
 	if hits := lookups(t, h.reg, "local_hit"); hits != 1 {
 		t.Fatalf("in-process hits = %v, want the negative answer cached", hits)
 	}
-	received := counterValue(t, h.reg, "platform_membership_cache_invalidations_received_total")
+	received := testenv.Metric(t, h.reg, "platform_membership_cache_invalidations_received_total")
 	ctx := context.Background()
 	if _, err := h.st.Members.Put(ctx, store.Member{TenantID: tenant, ConversationID: conv, UserID: "nina", Role: store.RoleViewer}); err != nil {
 		t.Fatal(err)
@@ -111,7 +92,7 @@ func TestL1RemoteInvalidation(t *testing.T) {
 		t.Fatal(err)
 	}
 	testenv.Eventually(t, "the invalidation to arrive", waitLimit, func() bool {
-		return counterValue(t, h.reg, "platform_membership_cache_invalidations_received_total") > received
+		return testenv.Metric(t, h.reg, "platform_membership_cache_invalidations_received_total") > received
 	})
 	if got := getConversation(t, h, nina); got != codes.OK {
 		t.Errorf("added member after the other process's invalidation: %v, want OK", got)
@@ -131,7 +112,7 @@ func TestL1ResetOnSubscriptionLoss(t *testing.T) {
 	}
 	h.redisSrv.Stop()
 	testenv.Eventually(t, "the lost subscription to be noticed", waitLimit, func() bool { return !h.cache.Subscribed() })
-	if v := counterValue(t, h.reg, "platform_membership_cache_local_active"); v != 0 {
+	if v := testenv.Metric(t, h.reg, "platform_membership_cache_local_active"); v != 0 {
 		t.Errorf("local_active = %v while the subscription is down", v)
 	}
 	// A change whose invalidation is lost (nobody could publish it).
@@ -325,12 +306,12 @@ func TestL1WithEmbeddedRedis(t *testing.T) {
 	if got := getConversation(t, h, mia); got != codes.OK {
 		t.Fatalf("member: %v", got)
 	}
-	received := counterValue(t, h.reg, "platform_membership_cache_invalidations_received_total")
+	received := testenv.Metric(t, h.reg, "platform_membership_cache_invalidations_received_total")
 	if err := h.cache.Invalidate(context.Background(), tenant, conv, "mia"); err != nil {
 		t.Fatal(err)
 	}
 	testenv.Eventually(t, "the invalidation to arrive", waitLimit, func() bool {
-		return counterValue(t, h.reg, "platform_membership_cache_invalidations_received_total") > received
+		return testenv.Metric(t, h.reg, "platform_membership_cache_invalidations_received_total") > received
 	})
 }
 

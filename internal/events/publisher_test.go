@@ -45,25 +45,7 @@ func (f *fakeProducer) ProduceSync(_ context.Context, rs ...*kgo.Record) kgo.Pro
 // published returns platform_events_published_total{type,result}.
 func published(t *testing.T, reg *prometheus.Registry, typ platformv1.EventType, result string) float64 {
 	t.Helper()
-	families, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range families {
-		if f.GetName() != "platform_events_published_total" {
-			continue
-		}
-		for _, m := range f.GetMetric() {
-			labels := map[string]string{}
-			for _, l := range m.GetLabel() {
-				labels[l.GetName()] = l.GetValue()
-			}
-			if labels["type"] == typ.String() && labels["result"] == result {
-				return m.GetCounter().GetValue()
-			}
-		}
-	}
-	return 0
+	return testenv.Metric(t, reg, "platform_events_published_total", "type", typ.String(), "result", result)
 }
 
 func TestNewPublisherRefusesNilKeys(t *testing.T) {

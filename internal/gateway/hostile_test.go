@@ -25,7 +25,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	platformv1 "github.com/msgplatform/platform/gen/platform/v1"
-	"github.com/msgplatform/platform/internal/auth"
 	"github.com/msgplatform/platform/internal/testenv"
 )
 
@@ -73,7 +72,7 @@ func TestHostileClients(t *testing.T) {
 		return err == nil && resp.StatusCode == http.StatusOK
 	})
 	convs, msgs := platformv1.NewConversationServiceClient(conn), platformv1.NewMessageServiceClient(conn)
-	mallory, alice := token(t, "mallory", "t-evil"), token(t, "alice", "t-good")
+	mallory, alice := testenv.Token(t, "mallory", "t-evil"), testenv.Token(t, "alice", "t-good")
 	evilConv, err := convs.CreateConversation(as(mallory), &platformv1.CreateConversationRequest{Title: "x"})
 	if err != nil {
 		t.Fatal(err)
@@ -221,15 +220,6 @@ func vm(t *testing.T, pid int, field string) int64 {
 	}
 	t.Fatalf("no %s in /proc/%d/status", field, pid)
 	return 0
-}
-
-func token(t *testing.T, sub, tenant string) string {
-	t.Helper()
-	tok, err := auth.MintHS256([]byte(testenv.TestHMACSecret), auth.Principal{Subject: sub, TenantID: tenant, Roles: []string{"user"}}, time.Hour, "", "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tok
 }
 
 // as calls with tok, within ctx if given.

@@ -99,6 +99,7 @@ func testLogger(t testing.TB) *slog.Logger {
 // cache and authorizer, the bulk writer, the event publisher, the dead-letter fallback), run like app
 // runs it (Run, then Close).
 type running struct {
+	t       testing.TB
 	p       *Pipeline
 	writer  *store.BulkWriter
 	cache   *authz.MembershipCache
@@ -115,7 +116,7 @@ func (e *env) start(pcfg Config) *running {
 	ctx := testCtx(e.t)
 	reg := prometheus.NewRegistry()
 	logger := testLogger(e.t)
-	r := &running{reg: reg, exited: make(chan struct{})}
+	r := &running{t: e.t, reg: reg, exited: make(chan struct{})}
 	fail := func(err error) {
 		e.t.Helper()
 		if err != nil {
@@ -219,42 +220,9 @@ func (r *running) series(name string) int {
 	return 0
 }
 
-// metric returns the value of a counter, gauge (or a histogram's count) of the registry with the given
-// labels, summed over the matching series.
+// metric is testenv.Metric over the pipeline's registry.
 func (r *running) metric(name string, labels ...string) float64 {
-	mfs, err := r.reg.Gather()
-	if err != nil {
-		panic(err)
-	}
-	var sum float64
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	next:
-		for _, m := range mf.GetMetric() {
-			for i := 0; i+1 < len(labels); i += 2 {
-				found := false
-				for _, lp := range m.GetLabel() {
-					if lp.GetName() == labels[i] && lp.GetValue() == labels[i+1] {
-						found = true
-					}
-				}
-				if !found {
-					continue next
-				}
-			}
-			switch {
-			case m.GetCounter() != nil:
-				sum += m.GetCounter().GetValue()
-			case m.GetHistogram() != nil:
-				sum += float64(m.GetHistogram().GetSampleCount())
-			case m.GetGauge() != nil:
-				sum += m.GetGauge().GetValue()
-			}
-		}
-	}
-	return sum
+	return testenv.Metric(r.t, r.reg, name, labels...)
 }
 
 // conversation creates a conversation of tenant with the creator (owner) and members.

@@ -21,7 +21,6 @@ import (
 	platformv1 "github.com/msgplatform/platform/gen/platform/v1"
 	"github.com/msgplatform/platform/internal/app"
 	"github.com/msgplatform/platform/internal/app/apptest"
-	"github.com/msgplatform/platform/internal/auth"
 	"github.com/msgplatform/platform/internal/ratelimit"
 	"github.com/msgplatform/platform/internal/testenv"
 )
@@ -104,15 +103,6 @@ type outcome struct {
 	retryAfterHeader             bool          // a retry-after header (metadata or HTTP) came back
 }
 
-func token(t *testing.T, tenant, subject string) string {
-	t.Helper()
-	tok, err := auth.MintHS256([]byte(testenv.TestHMACSecret), auth.Principal{Subject: subject, TenantID: tenant, Roles: []string{"user"}}, time.Hour, "", "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tok
-}
-
 func atoi(t *testing.T, what, s string) int {
 	t.Helper()
 	n, err := strconv.Atoi(s)
@@ -124,7 +114,7 @@ func atoi(t *testing.T, what, s string) int {
 
 func (p *platform) do(t *testing.T, c call) outcome {
 	t.Helper()
-	tok := token(t, c.tenant, c.subject)
+	tok := testenv.Token(t, c.subject, c.tenant)
 	if c.rest {
 		return p.doREST(t, c, tok)
 	}

@@ -145,39 +145,14 @@ func (e *hubEnv) produceWith(client *kgo.Client, rs ...*kgo.Record) {
 	}
 }
 
-// metric returns the value of a counter or gauge of the registry with the given labels (0 if absent).
-func (e *hubEnv) metric(name string, labels map[string]string) float64 {
+// metric is testenv.Metric over the hub's registry.
+func (e *hubEnv) metric(name string, labels ...string) float64 {
 	e.t.Helper()
-	families, err := e.reg.Gather()
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	for _, f := range families {
-		if f.GetName() != name {
-			continue
-		}
-	metrics:
-		for _, m := range f.GetMetric() {
-			got := map[string]string{}
-			for _, l := range m.GetLabel() {
-				got[l.GetName()] = l.GetValue()
-			}
-			for k, v := range labels {
-				if got[k] != v {
-					continue metrics
-				}
-			}
-			if c := m.GetCounter(); c != nil {
-				return c.GetValue()
-			}
-			return m.GetGauge().GetValue()
-		}
-	}
-	return 0
+	return testenv.Metric(e.t, e.reg, name, labels...)
 }
 
 func (e *hubEnv) rejected(reason string) float64 {
-	return e.metric("platform_stream_events_rejected_total", map[string]string{"reason": reason})
+	return e.metric("platform_stream_events_rejected_total", "reason", reason)
 }
 
 // eventually waits for cond, failing the test with what() when it does not hold within waitFor.
@@ -236,7 +211,7 @@ func TestHubDispatchesOnlyGenuineEventsOfTheConversation(t *testing.T) {
 	other := e.hub.Subscribe("t1", "c2")
 	defer other.Close()
 
-	if got := e.metric("platform_stream_subscribers", nil); got != 2 {
+	if got := e.metric("platform_stream_subscribers"); got != 2 {
 		t.Errorf("platform_stream_subscribers = %v, want 2", got)
 	}
 
@@ -351,14 +326,14 @@ func TestHubEvictsSlowSubscriber(t *testing.T) {
 	if buffered != buffer {
 		t.Errorf("slow subscription kept %d events, want the %d it buffered", buffered, buffer)
 	}
-	if got := e.metric("platform_stream_slow_subscribers_dropped_total", nil); got != 1 {
+	if got := e.metric("platform_stream_slow_subscribers_dropped_total"); got != 1 {
 		t.Errorf("platform_stream_slow_subscribers_dropped_total = %v, want 1", got)
 	}
-	if got := e.metric("platform_stream_subscribers", nil); got != 1 {
+	if got := e.metric("platform_stream_subscribers"); got != 1 {
 		t.Errorf("platform_stream_subscribers = %v, want 1 (the fast one)", got)
 	}
 	slow.Close() // harmless after eviction
-	if got := e.metric("platform_stream_subscribers", nil); got != 1 {
+	if got := e.metric("platform_stream_subscribers"); got != 1 {
 		t.Errorf("platform_stream_subscribers after closing the evicted subscription = %v, want 1", got)
 	}
 }
@@ -382,7 +357,7 @@ func TestHubCloseEndsSubscriptions(t *testing.T) {
 	if err := unsubscribed.Err(); err != nil {
 		t.Errorf("Close of the hub changed an ended subscription's error to %v", err)
 	}
-	if got := e.metric("platform_stream_subscribers", nil); got != 0 {
+	if got := e.metric("platform_stream_subscribers"); got != 0 {
 		t.Errorf("platform_stream_subscribers = %v, want 0", got)
 	}
 

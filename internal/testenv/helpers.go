@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/msgplatform/platform/internal/auth"
 	"github.com/msgplatform/platform/internal/config"
 )
 
@@ -102,4 +103,18 @@ func removeStaleBinDirs() {
 			_ = os.RemoveAll(d)
 		}
 	}
+}
+
+// Token mints an hour-long bearer token for sub of tenant with roles ("user" when none), signed with
+// TestHMACSecret: what a process started from Config accepts.
+func Token(tb testing.TB, sub, tenant string, roles ...string) string {
+	tb.Helper()
+	if len(roles) == 0 {
+		roles = []string{"user"}
+	}
+	tok, err := auth.MintHS256([]byte(TestHMACSecret), auth.Principal{Subject: sub, TenantID: tenant, Roles: roles}, time.Hour, "", "")
+	if err != nil {
+		tb.Fatalf("testenv: mint a token: %v", err)
+	}
+	return tok
 }

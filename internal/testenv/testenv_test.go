@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.mongodb.org/mongo-driver/v2/bson"
@@ -344,5 +345,39 @@ func eventually(timeout time.Duration, fn func(ctx context.Context) error) error
 			return err
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// Metric sums the series that carry every given label pair, over counters, gauges and histogram counts.
+func TestMetric(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	c := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "c_total"}, []string{"a", "b"})
+	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: "g"})
+	h := prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "h_seconds"}, []string{"stage"})
+	reg.MustRegister(c, g, h)
+	c.WithLabelValues("x", "1").Add(2)
+	c.WithLabelValues("x", "2").Add(3)
+	c.WithLabelValues("y", "1").Add(5)
+	g.Set(7)
+	h.WithLabelValues("persist").Observe(0.1)
+	h.WithLabelValues("persist").Observe(0.2)
+	h.WithLabelValues("notify").Observe(0.3)
+	for _, tc := range []struct {
+		name   string
+		labels []string
+		want   float64
+	}{
+		{"c_total", nil, 10},
+		{"c_total", []string{"a", "x"}, 5},
+		{"c_total", []string{"a", "x", "b", "2"}, 3},
+		{"c_total", []string{"a", "z"}, 0},
+		{"c_total", []string{"nope", "x"}, 0},
+		{"g", nil, 7},
+		{"h_seconds", []string{"stage", "persist"}, 2},
+		{"absent", nil, 0},
+	} {
+		if got := testenv.Metric(t, reg, tc.name, tc.labels...); got != tc.want {
+			t.Errorf("Metric(%s, %v) = %v, want %v", tc.name, tc.labels, got, tc.want)
+		}
 	}
 }

@@ -17,8 +17,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 
+	"github.com/msgplatform/platform/internal/testenv"
 	"github.com/msgplatform/platform/internal/tlsconfig"
 	"github.com/msgplatform/platform/internal/tlsconfig/tlstest"
 )
@@ -50,37 +50,10 @@ func (e *env) run(t *testing.T, poll time.Duration, hup <-chan os.Signal) {
 	t.Cleanup(func() { cancel(); <-done })
 }
 
-// metric returns the value of the series of name with the given labels (0 when absent).
+// metric is testenv.Metric over the listener's registry.
 func (e *env) metric(t *testing.T, name string, labels ...string) float64 {
 	t.Helper()
-	mfs, err := e.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			if hasLabels(m, labels...) {
-				return m.GetCounter().GetValue() + m.GetGauge().GetValue()
-			}
-		}
-	}
-	return 0
-}
-
-func hasLabels(m *dto.Metric, labels ...string) bool {
-	for i := 0; i+1 < len(labels); i += 2 {
-		found := false
-		for _, lp := range m.GetLabel() {
-			found = found || (lp.GetName() == labels[i] && lp.GetValue() == labels[i+1])
-		}
-		if !found {
-			return false
-		}
-	}
-	return true
+	return testenv.Metric(t, e.reg, name, labels...)
 }
 
 type syncBuffer struct {

@@ -3,7 +3,6 @@ package latency
 import (
 	"context"
 	"errors"
-	"fmt"
 	"strings"
 	"testing"
 
@@ -11,6 +10,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	platformv1 "github.com/msgplatform/platform/gen/platform/v1"
+	"github.com/msgplatform/platform/internal/testenv"
 )
 
 // The authorized path really authorizes: every measured call is an allow decision of the authorizer, served
@@ -21,8 +21,8 @@ func TestMeasureAuthzGoesThroughAuthorization(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	before := counter(t, s, "platform_authz_decisions_total", `permission="conversation.read",result="allow"`)
-	l1Before := counter(t, s, "platform_membership_cache_lookups_total", `result="local_hit"`)
+	before := testenv.Metric(t, s.reg, "platform_authz_decisions_total", "permission", "conversation.read", "result", "allow")
+	l1Before := testenv.Metric(t, s.reg, "platform_membership_cache_lookups_total", "result", "local_hit")
 	const rounds, calls = 3, 20
 	res, err := s.measure(rounds, calls)
 	if err != nil {
@@ -32,10 +32,10 @@ func TestMeasureAuthzGoesThroughAuthorization(t *testing.T) {
 		t.Fatalf("result = %+v", res)
 	}
 	authorized := float64(rounds*calls + 5) // the measured calls and alternate's warm-up
-	if got := counter(t, s, "platform_authz_decisions_total", `permission="conversation.read",result="allow"`) - before; got != authorized {
+	if got := testenv.Metric(t, s.reg, "platform_authz_decisions_total", "permission", "conversation.read", "result", "allow") - before; got != authorized {
 		t.Errorf("allow decisions during the measurement = %v, want %v (one per authorized call)", got, authorized)
 	}
-	if got := counter(t, s, "platform_membership_cache_lookups_total", `result="local_hit"`) - l1Before; got != authorized {
+	if got := testenv.Metric(t, s.reg, "platform_membership_cache_lookups_total", "result", "local_hit") - l1Before; got != authorized {
 		t.Errorf("in-process cache hits = %v, want %v: the cache was not warm", got, authorized)
 	}
 
@@ -126,30 +126,6 @@ func BenchmarkRESTvsGRPC(b *testing.B) {
 		b.ReportMetric(res.P50RESTMicros, "p50_rest_µs")
 		b.ReportMetric(res.P50GRPCMicros, "p50_grpc_µs")
 	}
-}
-
-// counter reads one sample of a counter vector from the setup's registry.
-func counter(t *testing.T, s *authzSetup, name, labels string) float64 {
-	t.Helper()
-	mfs, err := s.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			var parts []string
-			for _, l := range m.GetLabel() {
-				parts = append(parts, fmt.Sprintf("%s=%q", l.GetName(), l.GetValue()))
-			}
-			if strings.Join(parts, ",") == labels {
-				return m.GetCounter().GetValue()
-			}
-		}
-	}
-	return 0
 }
 
 // The unread-list measurement lists every conversation with its exact unread count (it fails otherwise).
