@@ -19,7 +19,7 @@ import (
 // BenchmarkGoals is `make bench`: every measurement once, each on servers of its own (stopped before the
 // next starts), the latency ratios first while the machine is quietest, then the table and
 // bench-results.json. The ingest measurement runs the production pipeline binary, kfake and FerretDB
-// (`devstack -servers`) and its baselines (storebench) as processes of their own. BENCH_ONLY=ingest,latency,e2e,backlog runs a subset;
+// (`devstack -servers`) and its baselines (storebench) as processes of their own. BENCH_ONLY=latency,unread,ingest,e2e,backlog runs a subset;
 // BENCH_RESULTS is where the JSON goes (default: the repository root).
 func BenchmarkGoals(b *testing.B) {
 	only := strings.FieldsFunc(os.Getenv("BENCH_ONLY"), func(r rune) bool { return r == ',' || r == ' ' })
@@ -55,12 +55,27 @@ func BenchmarkGoals(b *testing.B) {
 		}
 		results["rest_vs_grpc_latency_ratio"] = r.Ratio
 		fmt.Printf("latency: GetConversation p50 REST %.1f µs, gRPC %.1f µs\n", r.P50RESTMicros, r.P50GRPCMicros)
+		tr, err := latency.MeasureTracing(b, 9, 200)
+		if err != nil {
+			return err
+		}
+		results["rest_vs_grpc_latency_ratio_traced"] = tr.RESTvsGRPC.Ratio
+		results["tracing_overhead_get_grpc_ratio"] = tr.GetGRPC.Ratio
+		results["tracing_overhead_get_rest_ratio"] = tr.GetREST.Ratio
+		results["tracing_overhead_send_ratio"] = tr.Send.Ratio
+		fmt.Printf("latency, tracing on (%d spans exported): REST/gRPC %.2f; traced ÷ untraced p50: GetConversation gRPC %.1f/%.1f µs (%.2f), REST %.1f/%.1f µs (%.2f), SendMessage %.1f/%.1f µs (%.2f)\n",
+			tr.SpansExported, tr.RESTvsGRPC.Ratio, tr.GetGRPC.P50A, tr.GetGRPC.P50B, tr.GetGRPC.Ratio,
+			tr.GetREST.P50A, tr.GetREST.P50B, tr.GetREST.Ratio, tr.Send.P50A, tr.Send.P50B, tr.Send.Ratio)
+		return nil
+	})
+	// On FerretDB every unread count scans the messages collection: minutes here, so a measurement of its own.
+	measure("unread", func(b *testing.B) error {
 		u, err := latency.MeasureUnreadList(b, 200, 50, 50)
 		if err != nil {
 			return err
 		}
 		results["list_conversations_unread_p50_ms"] = u.P50Millis
-		fmt.Printf("latency: ListConversations with unread counts (200 × 50 unread) p50 %.1f ms, p90 %.1f ms\n", u.P50Millis, u.P90Millis)
+		fmt.Printf("unread: ListConversations with unread counts (200 × 50 unread) p50 %.1f ms, p90 %.1f ms\n", u.P50Millis, u.P90Millis)
 		return nil
 	})
 	measure("ingest", func(b *testing.B) error {

@@ -54,7 +54,7 @@ func (s *authzSetup) measure(rounds, calls int) (AuthzResult, error) {
 	if err != nil {
 		return AuthzResult{}, fmt.Errorf("measure authz: %w", err)
 	}
-	return AuthzResult{Ratio: p.ratio, P50AuthorizedMicros: p.p50A, P50PlainMicros: p.p50B, Rounds: rounds, Calls: calls}, nil
+	return AuthzResult{Ratio: p.Ratio, P50AuthorizedMicros: p.P50A, P50PlainMicros: p.P50B, Rounds: rounds, Calls: calls}, nil
 }
 
 // authzSetup is the two servers of MeasureAuthz and what a test needs to check them.

@@ -15,10 +15,10 @@ import (
 	"time"
 )
 
-// pair is the outcome of measuring two paths side by side.
-type pair struct {
-	ratio      float64 // median over rounds of p50(a)/p50(b)
-	p50A, p50B float64 // medians over rounds of each path's p50, in µs
+// Pair is the outcome of measuring two paths, a and b, side by side.
+type Pair struct {
+	Ratio      float64 // median over rounds of p50(a)/p50(b)
+	P50A, P50B float64 // medians over rounds of each path's p50, in µs
 }
 
 // subBlock is how many back-to-back calls one path makes before the other takes over.
@@ -29,13 +29,13 @@ const subBlock = 50
 // block to block), so both see the same machine load, while each path's connection stays as warm as a
 // busy client keeps it: interleaving single calls would let the idle path's goroutines park between
 // calls and inflate both p50s (the quicker path's most). Any call's error stops the measurement.
-func alternate(rounds, calls int, a, b func() error) (pair, error) {
+func alternate(rounds, calls int, a, b func() error) (Pair, error) {
 	if rounds < 1 || calls < 1 {
-		return pair{}, fmt.Errorf("rounds and calls must be positive, got %d and %d", rounds, calls)
+		return Pair{}, fmt.Errorf("rounds and calls must be positive, got %d and %d", rounds, calls)
 	}
 	for range max(calls/10, 5) {
 		if err := errors.Join(a(), b()); err != nil {
-			return pair{}, fmt.Errorf("warm-up: %w", err)
+			return Pair{}, fmt.Errorf("warm-up: %w", err)
 		}
 	}
 	da, db := make([]float64, calls), make([]float64, calls)
@@ -60,13 +60,13 @@ func alternate(rounds, calls int, a, b func() error) (pair, error) {
 			}
 			turn++
 			if err := errors.Join(first(), second()); err != nil {
-				return pair{}, err
+				return Pair{}, err
 			}
 		}
 		ma, mb := median(da), median(db)
 		ratios, p50A, p50B = append(ratios, ma/mb), append(p50A, ma), append(p50B, mb)
 	}
-	return pair{ratio: median(ratios), p50A: median(p50A) / 1e3, p50B: median(p50B) / 1e3}, nil
+	return Pair{Ratio: median(ratios), P50A: median(p50A) / 1e3, P50B: median(p50B) / 1e3}, nil
 }
 
 func median(v []float64) float64 {

@@ -148,3 +148,22 @@ func BenchmarkUnreadList(b *testing.B) {
 	b.ReportMetric(res.P50Millis, "p50_ms")
 	b.ReportMetric(res.P90Millis, "p90_ms")
 }
+
+// The traced gateway exports spans to the sink, every path answers, and the result carries what the
+// harness reports.
+func TestMeasureTracing(t *testing.T) {
+	res, err := MeasureTracing(t, 1, 20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// At least the server span of each traced call: REST/gRPC, the three comparisons, their warm-ups.
+	if minSpans := int64(4 * 20); res.SpansExported < minSpans {
+		t.Errorf("%d spans exported, want at least %d", res.SpansExported, minSpans)
+	}
+	for name, p := range map[string]Pair{"REST vs gRPC": {Ratio: res.RESTvsGRPC.Ratio, P50A: res.RESTvsGRPC.P50RESTMicros, P50B: res.RESTvsGRPC.P50GRPCMicros},
+		"get gRPC": res.GetGRPC, "get REST": res.GetREST, "send": res.Send} {
+		if p.Ratio <= 0 || p.P50A <= 0 || p.P50B <= 0 {
+			t.Errorf("%s: %+v, want every figure measured", name, p)
+		}
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"strconv"
 	"strings"
@@ -51,12 +52,13 @@ func (g *gateway) measure(rounds, calls int) (RESTResult, error) {
 	if err != nil {
 		return RESTResult{}, fmt.Errorf("measure REST vs gRPC: %w", err)
 	}
-	return RESTResult{Ratio: p.ratio, P50RESTMicros: p.p50A, P50GRPCMicros: p.p50B, Rounds: rounds, Calls: calls}, nil
+	return RESTResult{Ratio: p.Ratio, P50RESTMicros: p.P50A, P50GRPCMicros: p.P50B, Rounds: rounds, Calls: calls}, nil
 }
 
 // gateway is one production gateway and a caller of each protocol.
 type gateway struct {
 	grpc          platformv1.ConversationServiceClient
+	msgs          platformv1.MessageServiceClient
 	http          *http.Client
 	rest          string // base URL
 	metrics       string // /metrics URL
@@ -65,7 +67,9 @@ type gateway struct {
 	mongoURI, db  string // the gateway's database
 }
 
-func newGateway(tb testing.TB) (*gateway, error) {
+// newGateway starts a gateway; extra adds or overrides configuration variables (the OTEL_* of a traced
+// gateway).
+func newGateway(tb testing.TB, extra ...map[string]string) (*gateway, error) {
 	tb.Helper()
 	mongoURI := testenv.SharedMongo(tb)
 	db := testenv.MongoDatabase(tb, mongoURI)
@@ -79,6 +83,9 @@ func newGateway(tb testing.TB) (*gateway, error) {
 		// none is refused.
 		"RATE_LIMIT_PRINCIPAL_RPS": "1000000", "RATE_LIMIT_PRINCIPAL_BURST": "2000000",
 		"RATE_LIMIT_TENANT_RPS": "1000000", "RATE_LIMIT_TENANT_BURST": "2000000",
+	}
+	for _, e := range extra {
+		maps.Copy(vars, e)
 	}
 	cfg, err := config.Load(func(k string) string { return vars[k] })
 	if err != nil {
@@ -111,6 +118,7 @@ func newGateway(tb testing.TB) (*gateway, error) {
 	tb.Cleanup(func() { _ = conn.Close() })
 	g := &gateway{
 		grpc:     platformv1.NewConversationServiceClient(conn),
+		msgs:     platformv1.NewMessageServiceClient(conn),
 		http:     &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4}, Timeout: 10 * time.Second},
 		rest:     "http://" + srv.HTTP,
 		metrics:  "http://" + srv.Metrics + "/metrics",
