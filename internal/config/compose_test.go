@@ -133,8 +133,11 @@ func TestComposeLoads(t *testing.T) {
 			}
 		})
 	}
-	if len(p.DisabledServices) > 0 {
-		t.Errorf("services behind profiles (not started by a plain `docker compose up`): %v", p.DisabledServices)
+	// Only the optional tracing backend (TestComposeTracing) may wait behind a profile.
+	for name := range p.DisabledServices {
+		if name != "jaeger" {
+			t.Errorf("service %s is behind a profile: a plain `docker compose up` would not start it", name)
+		}
 	}
 }
 
@@ -719,5 +722,68 @@ func TestComposePrometheusScrapes(t *testing.T) {
 				t.Errorf("job %q scheme = %q, want http (the metrics listener is plain HTTP)", tc.job, job.Scheme)
 			}
 		})
+	}
+}
+
+// Tracing is off by default; the "tracing" profile adds Jaeger, and pointing OTEL_EXPORTER_OTLP_ENDPOINT at
+// it turns tracing on in both processes, at an address and port Jaeger receives OTLP/gRPC on.
+func TestComposeTracing(t *testing.T) {
+	for _, name := range platformServices {
+		cfg, err := config.Load(func(k string) string { return env(service(t, mustLoadCompose(t), name))[k] })
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cfg.Tracing.Enabled {
+			t.Errorf("%s: tracing on by default", name)
+		}
+	}
+	if _, err := mustLoadCompose(t).GetService("jaeger"); err == nil {
+		t.Error("jaeger starts without the tracing profile")
+	}
+
+	abs, err := filepath.Abs(composeFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const endpoint = "http://jaeger:4317" // the command given at the top of docker-compose.yml
+	p, err := loader.LoadWithContext(context.Background(), types.ConfigDetails{
+		WorkingDir: filepath.Dir(abs), ConfigFiles: []types.ConfigFile{{Filename: abs}},
+		Environment: map[string]string{"AUTH_HMAC_SECRET": composeTestSecret, "KAFKA_SIGNING_KEYS": composeTestSigningKeys,
+			"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint},
+	}, func(o *loader.Options) {
+		o.SetProjectName(composeProjectName, true)
+		o.Profiles = []string{"tracing"}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	jaeger := service(t, p, "jaeger")
+	if !strings.HasPrefix(jaeger.Image, "cr.jaegertracing.io/jaegertracing/jaeger:2.") {
+		t.Errorf("jaeger image %q: want a pinned Jaeger v2 (OTLP receiver built in)", jaeger.Image)
+	}
+	for _, pc := range jaeger.Ports {
+		if pc.HostIP != "127.0.0.1" {
+			t.Errorf("jaeger publishes %d on %q: the UI has no authentication, loopback only", pc.Target, pc.HostIP)
+		}
+	}
+	u, err := url.Parse(endpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u.Hostname() != jaeger.Name || u.Port() != "4317" {
+		t.Errorf("endpoint %s is not jaeger's OTLP/gRPC port 4317", endpoint)
+	}
+	for _, name := range platformServices {
+		e := env(service(t, p, name))
+		cfg, err := config.Load(func(k string) string { return e[k] })
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if !cfg.Tracing.Enabled || e["OTEL_EXPORTER_OTLP_ENDPOINT"] != endpoint {
+			t.Errorf("%s: tracing %v, endpoint %q: want on, exporting to %s", name, cfg.Tracing.Enabled, e["OTEL_EXPORTER_OTLP_ENDPOINT"], endpoint)
+		}
+		if _, ok := service(t, p, name).DependsOn["jaeger"]; ok {
+			t.Errorf("%s depends on jaeger: tracing must never keep the platform from starting", name)
+		}
 	}
 }
