@@ -194,7 +194,7 @@ func tracerProvider(ctx context.Context, cfg config.Config, roles Roles, o optio
 			name = "platform-pipeline"
 		}
 	}
-	tp, shutdown, err := tracing.NewProvider(ctx, name)
+	tp, shutdown, err := tracing.NewProvider(ctx, name, cfg.Tracing.Protocol)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -154,7 +154,15 @@ type Tracing struct {
 	Enabled bool
 	// ServiceName is OTEL_SERVICE_NAME; empty: the process names itself by its roles.
 	ServiceName string
+	// Protocol is the OTLP transport: OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, else OTEL_EXPORTER_OTLP_PROTOCOL;
+	// one of OTLPProtocols.
+	Protocol string
 }
+
+// OTLPProtocols are the OTLP transports the exporter speaks: gRPC (collectors listen on 4317; the default
+// here, as before the variable was read) and protobuf over HTTP (4318, /v1/traces). The SDK's http/json
+// is not implemented in Go.
+var OTLPProtocols = []string{"grpc", "http/protobuf"}
 
 // Devstack holds the settings only services/devstack reads.
 type Devstack struct {
@@ -222,6 +230,8 @@ var Vars = []Var{
 	{"OTEL_TRACES_EXPORTER", "", "tracing: `otlp` or `none`; unset, spans are exported (OTLP over gRPC) only when an OTLP endpoint below is set, so tracing is off by default"},
 	{"OTEL_EXPORTER_OTLP_ENDPOINT", "", "tracing: OTLP/gRPC collector, e.g. `http://jaeger:4317` (`http://` for plain text); setting it turns tracing on"},
 	{"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "", "tracing: the same for traces only (wins over OTEL_EXPORTER_OTLP_ENDPOINT)"},
+	{"OTEL_EXPORTER_OTLP_PROTOCOL", "grpc", "tracing: OTLP transport, `grpc` (collectors listen on 4317) or `http/protobuf` (4318); the platform's default is grpc, the OpenTelemetry specification's http/protobuf"},
+	{"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "", "tracing: the same for traces only (wins over OTEL_EXPORTER_OTLP_PROTOCOL)"},
 	{"OTEL_SERVICE_NAME", "", "tracing: service.name of the spans; empty: platform-gateway, platform-pipeline or platform (both roles)"},
 	{"OTEL_TRACES_SAMPLER", "parentbased_always_on", "tracing: sampler (always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off, parentbased_traceidratio)"},
 	{"OTEL_TRACES_SAMPLER_ARG", "", "tracing: the ratio of a traceidratio sampler, 0 to 1 (1 when empty)"},
@@ -265,6 +275,13 @@ func loadTracing(get func(string) string, errs *[]error) Tracing {
 		*errs = append(*errs, fmt.Errorf("OTEL_TRACES_EXPORTER=%q: want otlp or none", exp))
 	}
 	t.Enabled = t.Enabled && !disabled
+	protocolVar := "OTEL_EXPORTER_OTLP_PROTOCOL"
+	if get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") != "" {
+		protocolVar = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
+	}
+	if t.Protocol = strings.ToLower(get(protocolVar)); !slices.Contains(OTLPProtocols, t.Protocol) {
+		*errs = append(*errs, fmt.Errorf("%s=%q: want one of %s", protocolVar, t.Protocol, strings.Join(OTLPProtocols, ", ")))
+	}
 	if s := strings.ToLower(get("OTEL_TRACES_SAMPLER")); !slices.Contains(samplers, s) {
 		*errs = append(*errs, fmt.Errorf("OTEL_TRACES_SAMPLER=%q: want one of %s", s, strings.Join(samplers, ", ")))
 	}

@@ -133,6 +133,12 @@ func TestLoadRejectsBadValues(t *testing.T) {
 		{"KAFKA_SASL_MECHANISM", "GSSAPI"},
 		{"KAFKA_SASL_MECHANISM", "SCRAM-SHA-512"},
 		{"KAFKA_SASL_USERNAME", "alice"},
+		{"OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"},
+		{"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "udp"},
+		{"OTEL_TRACES_EXPORTER", "zipkin"},
+		{"OTEL_TRACES_SAMPLER", "sometimes"},
+		{"OTEL_TRACES_SAMPLER_ARG", "2"},
+		{"OTEL_SDK_DISABLED", "perhaps"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -145,6 +151,38 @@ func TestLoadRejectsBadValues(t *testing.T) {
 			}
 			if _, sec, ok := strings.Cut(tc.value, "="); ok && tc.name == "KAFKA_SIGNING_KEYS" && strings.Contains(err.Error(), sec) {
 				t.Errorf("error %q repeats the secret", err)
+			}
+		})
+	}
+}
+
+// Tracing is off unless an OTLP endpoint (or OTEL_TRACES_EXPORTER=otlp) says otherwise, and the
+// transport is gRPC unless a protocol variable says http/protobuf, the traces-only one winning.
+func TestLoadTracing(t *testing.T) {
+	const endpoint = "http://collector:4317"
+	for _, tc := range []struct {
+		name         string
+		vars         map[string]string
+		want         bool
+		wantProtocol string
+	}{
+		{"default", nil, false, "grpc"},
+		{"endpoint", map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint}, true, "grpc"},
+		{"traces endpoint", map[string]string{"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": endpoint}, true, "grpc"},
+		{"exporter otlp, SDK's default endpoint", map[string]string{"OTEL_TRACES_EXPORTER": "otlp"}, true, "grpc"},
+		{"exporter none", map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_TRACES_EXPORTER": "none"}, false, "grpc"},
+		{"SDK disabled", map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_SDK_DISABLED": "true"}, false, "grpc"},
+		{"http", map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}, true, "http/protobuf"},
+		{"traces protocol wins", map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+			"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "grpc"}, true, "grpc"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := Load(env(tc.vars))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.Tracing.Enabled != tc.want || c.Tracing.Protocol != tc.wantProtocol {
+				t.Errorf("tracing %v over %q, want %v over %q", c.Tracing.Enabled, c.Tracing.Protocol, tc.want, tc.wantProtocol)
 			}
 		})
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -34,13 +35,21 @@ var Propagator propagation.TextMapPropagator = propagation.TraceContext{}
 // HeaderTraceparent is the W3C header a traced Kafka record carries.
 const HeaderTraceparent = "traceparent"
 
-// NewProvider returns an SDK tracer provider exporting over OTLP/gRPC, in batches. The exporter reads
-// OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT, _HEADERS, _INSECURE, _TIMEOUT…; the sampler OTEL_TRACES_SAMPLER and
-// OTEL_TRACES_SAMPLER_ARG (default parentbased_always_on); the resource OTEL_SERVICE_NAME and
-// OTEL_RESOURCE_ATTRIBUTES, with service.name defaulting to serviceName. shutdown flushes the spans in
-// hand and stops the exporter.
-func NewProvider(ctx context.Context, serviceName string) (tp trace.TracerProvider, shutdown func(context.Context) error, err error) {
-	exp, err := otlptracegrpc.New(ctx)
+// NewProvider returns an SDK tracer provider exporting over OTLP, in batches, with protocol "grpc" or
+// "http/protobuf" (config.OTLPProtocols). The exporter reads OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT,
+// _HEADERS, _INSECURE, _TIMEOUT…; the sampler OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG (default
+// parentbased_always_on); the resource OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES, with service.name
+// defaulting to serviceName. shutdown flushes the spans in hand and stops the exporter.
+func NewProvider(ctx context.Context, serviceName, protocol string) (tp trace.TracerProvider, shutdown func(context.Context) error, err error) {
+	var exp sdktrace.SpanExporter
+	switch protocol {
+	case "grpc":
+		exp, err = otlptracegrpc.New(ctx)
+	case "http/protobuf":
+		exp, err = otlptracehttp.New(ctx)
+	default:
+		err = fmt.Errorf("protocol %q: want grpc or http/protobuf", protocol)
+	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("otlp trace exporter: %w", err)
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"log/slog"
+	"slices"
 	"strings"
 	"testing"
 
@@ -15,6 +16,7 @@ import (
 	"github.com/msgplatform/platform/internal/envelope"
 	"github.com/msgplatform/platform/internal/testenv"
 	"github.com/msgplatform/platform/internal/tracing"
+	"github.com/msgplatform/platform/internal/tracing/tracingtest"
 )
 
 func TestEnabled(t *testing.T) {
@@ -108,5 +110,45 @@ func TestKeyed(t *testing.T) {
 	cancel()
 	if k.Err() == nil {
 		t.Error("Keyed's context does not follow the batch context's cancellation")
+	}
+}
+
+// NewProvider exports over either OTLP transport to the endpoint the standard variables name, with the
+// service name given (or OTEL_SERVICE_NAME's).
+func TestNewProviderExportsOverEachProtocol(t *testing.T) {
+	sink := tracingtest.Start(t)
+	for _, tc := range []struct {
+		protocol, endpoint, service string
+		env                         map[string]string
+	}{
+		{"grpc", "http://" + sink.GRPCAddr, "svc-grpc", nil},
+		{"http/protobuf", sink.HTTPURL, "svc-http", nil},
+		{"grpc", "http://" + sink.GRPCAddr, "svc-from-env", map[string]string{"OTEL_SERVICE_NAME": "svc-from-env"}},
+	} {
+		t.Run(tc.protocol+" "+tc.service, func(t *testing.T) {
+			t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", tc.endpoint)
+			for k, v := range tc.env {
+				t.Setenv(k, v)
+			}
+			before := sink.Spans()
+			tp, shutdown, err := tracing.NewProvider(context.Background(), "svc-"+strings.Split(tc.protocol, "/")[0], tc.protocol)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, span := tp.Tracer("test").Start(context.Background(), "one")
+			span.End()
+			if err := shutdown(context.Background()); err != nil { // flushes
+				t.Fatal(err)
+			}
+			if got := sink.Spans() - before; got != 1 {
+				t.Errorf("%d spans received, want 1", got)
+			}
+			if !slices.Contains(sink.Services(), tc.service) {
+				t.Errorf("service names %v, want %s among them", sink.Services(), tc.service)
+			}
+		})
+	}
+	if _, _, err := tracing.NewProvider(context.Background(), "x", "http/json"); err == nil {
+		t.Error("protocol http/json accepted")
 	}
 }

@@ -1,17 +1,12 @@
 package latency
 
 import (
-	"context"
 	"fmt"
-	"net"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
-	"google.golang.org/grpc"
-
 	platformv1 "github.com/msgplatform/platform/gen/platform/v1"
+	"github.com/msgplatform/platform/internal/tracing/tracingtest"
 )
 
 // TracingResult is what tracing costs on the latency goals: the REST/gRPC ratio again on a gateway that
@@ -26,20 +21,17 @@ type TracingResult struct {
 }
 
 // MeasureTracing starts two gateways over the same servers, one with tracing off (the default) and one
-// exporting every span (OTEL_TRACES_SAMPLER=always_on) over OTLP/gRPC, as a user turns it on, to a sink in
-// this process that accepts and discards them, and measures them side by side (see alternate).
+// exporting every span (OTEL_TRACES_SAMPLER=always_on) over OTLP/gRPC, as a user turns it on, to a receiver
+// in this process that counts and drops them (tracingtest), and measures them side by side (see alternate).
 func MeasureTracing(tb testing.TB, rounds, calls int) (TracingResult, error) {
-	sink, err := startSpanSink(tb)
-	if err != nil {
-		return TracingResult{}, err
-	}
+	sink := tracingtest.Start(tb)
 	plain, err := newGateway(tb)
 	if err != nil {
 		return TracingResult{}, err
 	}
 	// The SDK's exporter and sampler read the process environment (what a deployment sets); the
 	// platform's config reads the same variable to switch tracing on.
-	otel := map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://" + sink.addr, "OTEL_TRACES_SAMPLER": "always_on"}
+	otel := map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://" + sink.GRPCAddr, "OTEL_TRACES_SAMPLER": "always_on"}
 	for k, v := range otel {
 		tb.Setenv(k, v)
 	}
@@ -65,10 +57,10 @@ func MeasureTracing(tb testing.TB, rounds, calls int) (TracingResult, error) {
 		return res, fmt.Errorf("SendMessage, traced vs not: %w", err)
 	}
 	// The SDK's batch processor exports every 5 s (OTEL_BSP_SCHEDULE_DELAY): wait for a first export.
-	for deadline := time.Now().Add(15 * time.Second); sink.spans.Load() == 0 && time.Now().Before(deadline); {
+	for deadline := time.Now().Add(15 * time.Second); sink.Spans() == 0 && time.Now().Before(deadline); {
 		time.Sleep(50 * time.Millisecond)
 	}
-	if res.SpansExported = sink.spans.Load(); res.SpansExported == 0 {
+	if res.SpansExported = sink.Spans(); res.SpansExported == 0 {
 		return res, fmt.Errorf("the traced gateway exported no span in 15 s: tracing was not on")
 	}
 	return res, nil
@@ -78,34 +70,4 @@ func MeasureTracing(tb testing.TB, rounds, calls int) (TracingResult, error) {
 func (g *gateway) send() error {
 	_, err := g.msgs.SendMessage(withToken(g.member), &platformv1.SendMessageRequest{ConversationId: g.conversation, Body: "bench"})
 	return err
-}
-
-// spanSink is an OTLP/gRPC trace receiver that counts the spans it is sent and keeps none: a collector
-// that costs the exporter what a real one does on the wire.
-type spanSink struct {
-	coltracepb.UnimplementedTraceServiceServer
-	addr  string
-	spans atomic.Int64
-}
-
-func startSpanSink(tb testing.TB) (*spanSink, error) {
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, fmt.Errorf("span sink: %w", err)
-	}
-	s := &spanSink{addr: lis.Addr().String()}
-	gs := grpc.NewServer()
-	coltracepb.RegisterTraceServiceServer(gs, s)
-	go func() { _ = gs.Serve(lis) }()
-	tb.Cleanup(gs.Stop)
-	return s, nil
-}
-
-func (s *spanSink) Export(_ context.Context, req *coltracepb.ExportTraceServiceRequest) (*coltracepb.ExportTraceServiceResponse, error) {
-	for _, rs := range req.GetResourceSpans() {
-		for _, ss := range rs.GetScopeSpans() {
-			s.spans.Add(int64(len(ss.GetSpans())))
-		}
-	}
-	return &coltracepb.ExportTraceServiceResponse{}, nil
 }
