@@ -21,6 +21,9 @@ const (
 	// HeaderRequestID carries the request id of the API call that produced the record (informational:
 	// the signed payload has its own copy).
 	HeaderRequestID = "x-request-id"
+	// HeaderTraceparent is the W3C trace context of the record (internal/tracing writes and reads it);
+	// not covered by the signature.
+	HeaderTraceparent = "traceparent"
 )
 
 // Content types of record values.

@@ -1,6 +1,7 @@
 package envelope
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -11,6 +12,8 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/msgplatform/platform/internal/kafka"
 )
@@ -28,7 +31,7 @@ const (
 	HeaderDLQFirstFailedAt     = "dlq.first_failed_at"
 	HeaderDLQTenantID          = "dlq.tenant_id"
 	// HeaderDLQTruncated is "true" when the dead letter keeps only the first TruncatedPayloadBytes of an
-	// oversized record's value (and none of its headers); HeaderDLQOriginalSize and
+	// oversized record's value (and of its headers only a well-formed traceparent); HeaderDLQOriginalSize and
 	// HeaderDLQOriginalSHA256 then describe the whole original value. Such an entry cannot be retried.
 	HeaderDLQTruncated      = "dlq.truncated"
 	HeaderDLQOriginalSize   = "dlq.original_size"
@@ -93,9 +96,10 @@ type Failure struct {
 
 // DeadLetterRecord returns the messages.dlq record of r failing with f: r's key, value and headers (but
 // for earlier dlq.* ones) plus the dlq.* headers describing f. A record over MaxRecordBytes keeps only
-// the first TruncatedPayloadBytes of its value, a key clipped to MaxIDBytes and none of its headers, with
-// dlq.truncated, dlq.original_size and dlq.original_sha256 added: its dead letter always fits in the
-// DLQ, so one oversized record can never block the others.
+// the first TruncatedPayloadBytes of its value, a key clipped to MaxIDBytes and, of its headers, only a
+// well-formed traceparent (55 bytes: the dead letter stays in the record's trace), with dlq.truncated,
+// dlq.original_size and dlq.original_sha256 added: its dead letter always fits in the DLQ, so one
+// oversized record can never block the others.
 func DeadLetterRecord(r *kgo.Record, f Failure) *kgo.Record {
 	truncated := RecordSize(r) > MaxRecordBytes
 	key, value := r.Key, r.Value
@@ -112,6 +116,9 @@ func DeadLetterRecord(r *kgo.Record, f Failure) *kgo.Record {
 		add(HeaderDLQTruncated, "true")
 		add(HeaderDLQOriginalSize, strconv.Itoa(len(r.Value)))
 		add(HeaderDLQOriginalSHA256, hex.EncodeToString(sum[:]))
+		if tp, ok := traceparent(r); ok {
+			add(HeaderTraceparent, tp)
+		}
 	} else {
 		for _, h := range r.Headers {
 			if !strings.HasPrefix(h.Key, DLQHeaderPrefix) {
@@ -166,3 +173,23 @@ func PriorFailures(r *kgo.Record) (attempts int, first time.Time) {
 	}
 	return attempts, first
 }
+
+// traceparent returns r's traceparent header when r has exactly one and it is a valid W3C trace context
+// (parsed by OpenTelemetry's own propagator, which refuses anything else).
+func traceparent(r *kgo.Record) (string, bool) {
+	var value []byte
+	n := 0
+	for _, h := range r.Headers {
+		if h.Key == HeaderTraceparent {
+			value, n = h.Value, n+1
+		}
+	}
+	if n != 1 || len(value) != traceparentLen {
+		return "", false
+	}
+	ctx := propagation.TraceContext{}.Extract(context.Background(), propagation.MapCarrier{HeaderTraceparent: string(value)})
+	return string(value), trace.SpanContextFromContext(ctx).IsValid()
+}
+
+// traceparentLen is the length of a version-00 W3C traceparent: 00-<32 hex>-<16 hex>-<2 hex>.
+const traceparentLen = 55

@@ -551,3 +551,42 @@ func TestClassLabel(t *testing.T) {
 		t.Errorf("LabelOther = %q", LabelOther)
 	}
 }
+
+// A truncated dead letter keeps the record's trace context when it is one well-formed traceparent, and
+// nothing an attacker could inflate or forge into something else.
+func TestDeadLetterRecordOversizedKeepsTraceparent(t *testing.T) {
+	const valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+	tp := func(v string) kgo.RecordHeader { return kgo.RecordHeader{Key: HeaderTraceparent, Value: []byte(v)} }
+	for _, tc := range []struct {
+		name    string
+		headers []kgo.RecordHeader
+		want    string // "" : no traceparent on the dead letter
+	}{
+		{"valid", []kgo.RecordHeader{tp(valid)}, valid},
+		{"none", nil, ""},
+		{"all-zero trace id", []kgo.RecordHeader{tp("00-00000000000000000000000000000000-00f067aa0ba902b7-01")}, ""},
+		{"not hex", []kgo.RecordHeader{tp("00-4bf92f3577b34da6a3ce929d0e0e473x-00f067aa0ba902b7-01")}, ""},
+		{"huge", []kgo.RecordHeader{tp(valid + strings.Repeat("0", 900_000))}, ""},
+		{"twice", []kgo.RecordHeader{tp(valid), tp(valid)}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := &kgo.Record{Topic: kafka.TopicInbound, Key: []byte("conv-1"), Value: bytes.Repeat([]byte{'v'}, MaxRecordBytes), Headers: tc.headers}
+			dl := DeadLetterRecord(r, testFailure())
+			var got []string
+			for _, h := range dl.Headers {
+				if h.Key == HeaderTraceparent {
+					got = append(got, string(h.Value))
+				}
+			}
+			switch {
+			case tc.want == "" && len(got) > 0:
+				t.Errorf("traceparent %.60q kept", got[0])
+			case tc.want != "" && !slices.Equal(got, []string{tc.want}):
+				t.Errorf("traceparent headers %q, want [%q]", got, tc.want)
+			}
+			if err := CheckSize(dl); err != nil {
+				t.Errorf("CheckSize of the dead letter: %v", err)
+			}
+		})
+	}
+}

@@ -23,6 +23,8 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
+
+	"github.com/msgplatform/platform/internal/envelope"
 )
 
 // Scope is the instrumentation scope (tracer name) of the platform's own spans.
@@ -32,8 +34,8 @@ const Scope = "github.com/msgplatform/platform"
 // headers), in gRPC metadata and in Kafka record headers alike.
 var Propagator propagation.TextMapPropagator = propagation.TraceContext{}
 
-// HeaderTraceparent is the W3C header a traced Kafka record carries.
-const HeaderTraceparent = "traceparent"
+// HeaderTraceparent is the W3C header a traced Kafka record carries (the envelope's definition).
+const HeaderTraceparent = envelope.HeaderTraceparent
 
 // NewProvider returns an SDK tracer provider exporting over OTLP, in batches, with protocol "grpc" or
 // "http/protobuf" (config.OTLPProtocols). The exporter reads OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT,
