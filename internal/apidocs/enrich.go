@@ -103,6 +103,11 @@ func Enrich(merged []byte) ([]byte, error) {
 				security = []map[string][]string{} // public: overrides the document's requirement
 			}
 			op.set("security", security)
+			if method == EventStreamMethod {
+				if err := describeEventStream(&op); err != nil {
+					return nil, fmt.Errorf("%s %s: %w", verb, path, err)
+				}
+			}
 			item.set(verb, op)
 		}
 		paths.set(path, item)
@@ -136,6 +141,57 @@ func Enrich(merged []byte) ([]byte, error) {
 		return nil, err
 	}
 	return out.Bytes(), nil
+}
+
+// EventStreamMethod is the method whose REST route also answers as server-sent events (internal/gateway,
+// sse.go): with `Accept: text/event-stream`, where the bearer token may come as the AccessTokenParam query
+// parameter, since a browser's EventSource cannot set headers.
+const (
+	EventStreamMethod = "/platform.v1.MessageService/StreamMessages"
+	AccessTokenParam  = "access_token"
+)
+
+// describeEventStream adds to op what the generator cannot know of the server-sent events of its route:
+// the text/event-stream content of its 200 response and the access_token query parameter.
+func describeEventStream(op *object) error {
+	var responses, ok200, content object
+	if err := op.get("responses", &responses); err != nil {
+		return err
+	}
+	if err := responses.get("200", &ok200); err != nil {
+		return err
+	}
+	if err := ok200.get("content", &content); err != nil {
+		return err
+	}
+	content.set("text/event-stream", map[string]any{"schema": map[string]any{
+		"type": "string",
+		"description": "With `Accept: text/event-stream`: one server-sent event per item, `id:` the newest message id " +
+			"delivered (a reconnecting EventSource sends it back as Last-Event-ID, which resumes like afterMessageId), " +
+			"`event:` the item's event type, `data:` the StreamMessagesResponse as JSON; a `: keep-alive` comment " +
+			"after each quiet keep-alive period (15 s by default); `event: error` with a google.rpc.Status when the stream fails after it started.",
+	}})
+	ok200.set("content", content)
+	responses.set("200", ok200)
+	op.set("responses", responses)
+	var params []json.RawMessage // the generator's, kept byte for byte
+	if op.has("parameters") {
+		if err := op.get("parameters", &params); err != nil {
+			return err
+		}
+	}
+	var token object
+	token.set("name", AccessTokenParam)
+	token.set("in", "query")
+	token.set("description", "The bearer token, for a browser's EventSource (which cannot set headers): accepted "+
+		"with `Accept: text/event-stream` only, and removed from the URL before the request is logged or handled.")
+	token.set("schema", map[string]string{"type": "string"})
+	raw, err := json.Marshal(token)
+	if err != nil {
+		return err
+	}
+	op.set("parameters", append(params, raw))
+	return nil
 }
 
 // OperationMethods maps the operationId of every REST operation of Package to the gRPC method it calls

@@ -27,6 +27,7 @@ func generatorOutput(t *testing.T, doc []byte) []byte {
 			must(t, item.get(verb, &op))
 			op.remove("description")
 			op.remove("security")
+			undoEventStream(t, &op)
 			item.set(verb, op)
 		}
 		paths.set(path, item)
@@ -40,6 +41,27 @@ func generatorOutput(t *testing.T, doc []byte) []byte {
 	out, err := json.Marshal(d)
 	must(t, err)
 	return out
+}
+
+// undoEventStream removes what describeEventStream added to an operation.
+func undoEventStream(t *testing.T, op *object) {
+	t.Helper()
+	var id string
+	_ = op.get("operationId", &id)
+	if id != "MessageService_StreamMessages" {
+		return
+	}
+	var responses, ok200, content object
+	must(t, op.get("responses", &responses))
+	must(t, responses.get("200", &ok200))
+	must(t, ok200.get("content", &content))
+	content.remove("text/event-stream")
+	ok200.set("content", content)
+	responses.set("200", ok200)
+	op.set("responses", responses)
+	var params []json.RawMessage
+	must(t, op.get("parameters", &params))
+	op.set("parameters", params[:len(params)-1])
 }
 
 func must(t *testing.T, err error) {
@@ -128,5 +150,47 @@ func TestMergeEquivalentPaths(t *testing.T) {
 	must(t, json.Unmarshal([]byte(`{"/v1/c/{a}": {"get": {}}, "/v1/c/{b}": {"get": {}}}`), &paths))
 	if _, err := mergeEquivalentPaths(paths); err == nil || !strings.Contains(err.Error(), "same route") {
 		t.Errorf("two GETs on one route: %v", err)
+	}
+}
+
+// The stream route's server-sent events are in the document (its 200 content and the access_token
+// parameter), and nothing else claims them.
+func TestDocumentDescribesTheEventStream(t *testing.T) {
+	var d, paths object
+	must(t, json.Unmarshal(openapiv3.Document, &d))
+	must(t, d.get("paths", &paths))
+	found := 0
+	for _, path := range paths.keys {
+		var item object
+		must(t, paths.get(path, &item))
+		for _, verb := range item.keys {
+			var op struct {
+				OperationID string `json:"operationId"`
+				Parameters  []struct {
+					Name, In string
+				}
+				Responses map[string]struct {
+					Content map[string]json.RawMessage
+				}
+			}
+			if !isOperation(verb) {
+				continue
+			}
+			must(t, item.get(verb, &op))
+			_, sse := op.Responses["200"].Content["text/event-stream"]
+			token := false
+			for _, p := range op.Parameters {
+				token = token || (p.Name == AccessTokenParam && p.In == "query")
+			}
+			if stream := op.OperationID == "MessageService_StreamMessages"; sse != stream || token != stream {
+				t.Errorf("%s %s: text/event-stream %v, access_token %v", verb, path, sse, token)
+			}
+			if sse {
+				found++
+			}
+		}
+	}
+	if found != 1 {
+		t.Errorf("%d operations with server-sent events, want 1", found)
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	platformv1 "github.com/msgplatform/platform/gen/platform/v1"
+	"github.com/msgplatform/platform/internal/apidocs"
 )
 
 // Server-sent events for StreamMessages. grpc-gateway streams newline-delimited JSON, which a browser's
@@ -41,7 +42,7 @@ import (
 // the request, so it is never logged, parsed or forwarded as a parameter.
 
 const (
-	streamMethod  = "/platform.v1.MessageService/StreamMessages"
+	streamMethod  = apidocs.EventStreamMethod
 	streamPattern = "/v1/conversations/{conversation_id}/messages:stream"
 	// defaultKeepAlive is the period of the keep-alive comment: below the idle timeouts of common proxies
 	// and load balancers (30–60 s).
@@ -49,7 +50,7 @@ const (
 	// sseRetry is the reconnection delay the stream asks EventSource clients to wait.
 	sseRetry = 2 * time.Second
 	// accessTokenParam is the query parameter carrying the bearer token of a browser's event stream.
-	accessTokenParam = "access_token"
+	accessTokenParam = apidocs.AccessTokenParam
 )
 
 // StreamStartedHeader is the header metadata StreamMessages sends once its stream is authorized and
