@@ -259,6 +259,7 @@ func TestStreamMessagesServerSentEventsRefusals(t *testing.T) {
 		{"access_token, accept list", nil, url.Values{"access_token": {alice}}, "application/json, text/event-stream;q=0.9", http.StatusOK},
 		{"no token", nil, nil, "text/event-stream", http.StatusUnauthorized},
 		{"bad token", nil, url.Values{"access_token": {"not-a-jwt"}}, "text/event-stream", http.StatusUnauthorized},
+		{"empty access_token", nil, url.Values{"access_token": {""}}, "text/event-stream", http.StatusUnauthorized},
 		{"not a member", bearer(mallory), nil, "text/event-stream", http.StatusForbidden},
 		{"access_token without event stream", nil, url.Values{"access_token": {alice}}, "application/json", http.StatusBadRequest},
 		{"token twice", bearer(alice), url.Values{"access_token": {alice}}, "text/event-stream", http.StatusBadRequest},
@@ -304,6 +305,8 @@ func TestStreamMessagesServerSentEventsRefusals(t *testing.T) {
 	if strings.Contains(g.logs.String(), alice) {
 		t.Error("a token reached the logs")
 	}
+	// Every 401 above, the empty access_token refused before the edge included, is counted.
+	waitMetric(t, g, `platform_unauthenticated_total{transport="rest"} 3`)
 }
 
 // Newline-delimited JSON (no event stream asked for) sends its status and headers as soon as the stream

@@ -168,7 +168,7 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 		s.Close()
 		return nil, err
 	}
-	sse := &sseStreams{method: edge.method, keepAlive: opts.StreamKeepAlive}
+	sse := &sseStreams{method: edge.method, keepAlive: opts.StreamKeepAlive, onUnauthenticated: rejected.rest}
 	rest, conn, err := newRESTGateway(ctx, dialTarget(s.grpcLis.Addr()), restMetrics, edge, sse, creds, clientTracing(opts.TracerProvider)...)
 	if err != nil {
 		s.Close()

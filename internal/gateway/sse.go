@@ -70,6 +70,8 @@ type sseStreams struct {
 	client    platformv1.MessageServiceClient
 	method    func(r *http.Request) string // the gRPC method of the matched route (restEdge.method)
 	keepAlive time.Duration                // ≤ 0: defaultKeepAlive
+	// onUnauthenticated hears the refusals of a malformed access_token (the edge hears the others).
+	onUnauthenticated func(ctx context.Context, method string, err error)
 }
 
 // wantsEventStream reports whether the request accepts text/event-stream.
@@ -113,6 +115,9 @@ func (s *sseStreams) credentials(next runtime.HandlerFunc) runtime.HandlerFunc {
 			err = status.Error(codes.InvalidArgument, "give the token either in the Authorization header or as access_token, not both")
 		}
 		if err != nil {
+			if status.Code(err) == codes.Unauthenticated && s.onUnauthenticated != nil {
+				s.onUnauthenticated(r.Context(), streamMethod, err)
+			}
 			s.fail(r.Context(), w, r, err)
 			return
 		}
