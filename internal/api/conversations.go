@@ -360,7 +360,11 @@ func (d Deps) writableConversation(ctx context.Context, tenant, convID string) e
 
 func (s *Conversations) roleOf(ctx context.Context, tenant, convID, userID string) (store.Role, error) {
 	m, err := s.Store.Members.Get(ctx, tenant, convID, userID)
-	if err != nil {
+	switch {
+	case isNotFound(err):
+		// The interceptor saw the caller as a member; a change that completed since removed it.
+		return "", status.Error(codes.PermissionDenied, "the caller is no longer a member of this conversation")
+	case err != nil:
 		return "", storeError(ctx, s.Logger, "member", err)
 	}
 	return m.Role, nil
