@@ -396,6 +396,7 @@ func newPipeline(c *core) (p *pipelineParts, err error) {
 		return p, err
 	}
 	dcfg := dlqConfig(cfg)
+	dcfg.TracerProvider = c.tracer
 	if p.ingest, err = pipeline.New(pipeline.Config{
 		MaxPollRecords: pc.MaxPollRecords, BulkMaxDocs: pc.BulkMaxDocs, BulkMaxDelay: pc.BulkMaxDelay, BulkMaxInFlight: pc.BulkMaxInFlight,
 		WriteConcern: wc, RetryMax: pc.RetryMax, StageTimeout: pc.StageTimeout, TransientRetryTimeout: pc.TransientRetryTimeout,

@@ -32,6 +32,7 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/msgplatform/platform/internal/envelope"
 	"github.com/msgplatform/platform/internal/kafka"
@@ -129,6 +130,10 @@ type Config struct {
 	StatsInterval time.Duration
 	// Owner names this replica in claims and logs (default host-pid-random).
 	Owner string
+
+	// TracerProvider traces the processor's storing of each dead letter that carries a trace context
+	// (its original's traceparent), in that record's trace; nil or a no-op provider: no spans.
+	TracerProvider trace.TracerProvider
 }
 
 // Config defaults.

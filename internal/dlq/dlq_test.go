@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -16,6 +17,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"google.golang.org/protobuf/proto"
 
 	platformv1 "github.com/msgplatform/platform/gen/platform/v1"
@@ -152,7 +155,12 @@ func (e *env) startProcessor(cfg dlq.Config, m *dlq.Metrics) (stop func()) {
 		e.t.Fatal(err)
 	}
 	stopRun := run(e.t, p.Run)
-	return func() { stopRun(); p.Close() }
+	// Closed when the test ends too, not only when the test stops it: a client left open logs (connection
+	// errors as the cluster goes) after the test completed, which panics the test binary.
+	var once sync.Once
+	stop = func() { once.Do(func() { stopRun(); p.Close() }) }
+	e.t.Cleanup(stop)
+	return stop
 }
 
 func newMetrics(t *testing.T) *dlq.Metrics {
@@ -462,5 +470,41 @@ func TestDeadLetterPolicyDelayIsCappedExponentialWithJitter(t *testing.T) {
 	}
 	if d := (dlq.Policy{InitialDelay: time.Second, Jitter: -1}).Delay(3); d != 4*time.Second {
 		t.Errorf("no jitter: %v", d)
+	}
+}
+
+// A dead letter that carries its original's trace context is stored inside that trace: one dlq.store
+// span, child of the traceparent, naming the entry; a record without one makes no span.
+func TestDeadLetterProcessorTracesInTheRecordsTrace(t *testing.T) {
+	e := newEnv(t)
+	const traceID, parentID = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+	traced := dlqRecord(1, 20, 1, dlq.ClassPermanent, "validate", "t1", []byte("c1"), mustMarshal(t, inboundMsg("t1", "traced")))
+	traced.Headers = append(traced.Headers, kgo.RecordHeader{Key: envelope.HeaderTraceparent, Value: []byte("00-" + traceID + "-" + parentID + "-01")})
+	untraced := dlqRecord(1, 21, 1, dlq.ClassPermanent, "validate", "t1", []byte("c1"), mustMarshal(t, inboundMsg("t1", "untraced")))
+	e.produce(traced, untraced)
+
+	exp := tracetest.NewInMemoryExporter()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(exp))
+	m := newMetrics(t)
+	stop := e.startProcessor(dlq.Config{GroupID: "dlq-trace", TracerProvider: tp}, m)
+	testenv.Eventually(t, "2 entries stored", 0, func() bool {
+		return testutil.ToFloat64(m.RecordsIn.WithLabelValues("validate", "permanent")) == 2
+	})
+	stop()
+
+	spans := exp.GetSpans()
+	if len(spans) != 1 {
+		t.Fatalf("%d spans, want 1 (the traced record's)", len(spans))
+	}
+	s := spans[0]
+	if s.Name != "dlq.store" || s.SpanContext.TraceID().String() != traceID || s.Parent.SpanID().String() != parentID {
+		t.Errorf("span %q trace %s parent %s, want dlq.store in trace %s under %s", s.Name, s.SpanContext.TraceID(), s.Parent.SpanID(), traceID, parentID)
+	}
+	attrs := map[string]string{}
+	for _, a := range s.Attributes {
+		attrs[string(a.Key)] = a.Value.String()
+	}
+	if attrs["dead_letter.id"] != "messages.inbound-1-20-1" || attrs["dead_letter.status"] != string(store.DeadLetterParked) {
+		t.Errorf("attributes %v", attrs)
 	}
 }

@@ -13,11 +13,15 @@ import (
 
 	"github.com/cenkalti/backoff/v5"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"go.opentelemetry.io/otel/attribute"
+	otelcodes "go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 
 	platformv1 "github.com/msgplatform/platform/gen/platform/v1"
 	"github.com/msgplatform/platform/internal/envelope"
 	"github.com/msgplatform/platform/internal/kafka"
 	"github.com/msgplatform/platform/internal/store"
+	"github.com/msgplatform/platform/internal/tracing"
 )
 
 // Processor consumes messages.dlq in its own consumer group and stores every record as a dead letter.
@@ -26,6 +30,7 @@ import (
 // retried with backoff) instead of losing records.
 type Processor struct {
 	cfg     Config
+	tracer  trace.Tracer // nil: not traced
 	keys    *envelope.Keys
 	client  *kgo.Client
 	store   *store.DeadLetters
@@ -46,6 +51,9 @@ func NewProcessor(cfg Config, kafkaOpts []kgo.Opt, st *store.DeadLetters, keys *
 		logger = slog.New(slog.DiscardHandler)
 	}
 	p := &Processor{cfg: cfg, keys: keys, store: st, metrics: m, logger: logger.With("component", "dlq-processor")}
+	if tracing.Enabled(cfg.TracerProvider) {
+		p.tracer = cfg.TracerProvider.Tracer(tracing.Scope)
+	}
 	var err error
 	p.client, err = kgo.NewClient(append(slices.Clone(kafkaOpts),
 		kgo.ClientID("platform-dlq"),
@@ -86,6 +94,7 @@ func (p *Processor) handle(ctx context.Context, recs []*kgo.Record) error {
 	for i, r := range recs {
 		dls[i] = FromRecord(r, p.keys, p.cfg.Policy, now)
 	}
+	spans := p.startSpans(ctx, recs)
 	// Until stored, or the drain timeout ends the wait: a store outage pauses consumption, never drops.
 	results, err := backoff.Retry(bctx, func() ([]store.InsertResult, error) { return p.store.InsertMany(bctx, dls) },
 		backoff.WithBackOff(&backoff.ExponentialBackOff{InitialInterval: 100 * time.Millisecond, RandomizationFactor: 0.5, Multiplier: 2, MaxInterval: 5 * time.Second}),
@@ -96,8 +105,10 @@ func (p *Processor) handle(ctx context.Context, recs []*kgo.Record) error {
 		}))
 	if err != nil {
 		p.logger.WarnContext(ctx, "dlq batch abandoned uncommitted; it will be redelivered", "records", len(recs), "error", err)
+		endSpans(spans, dls, nil, err)
 		return fmt.Errorf("store dead letters: %w", err)
 	}
+	endSpans(spans, dls, results, nil)
 	p.account(ctx, recs, dls, results)
 	if err := p.client.CommitRecords(bctx, recs...); err != nil {
 		// Not fatal: the entries are stored; a later commit covers them, or they are redelivered (duplicates).
@@ -124,6 +135,48 @@ func (p *Processor) account(ctx context.Context, recs []*kgo.Record, dls []store
 			p.logger.InfoContext(ctx, "dead letter stored", "id", d.ID, "status", string(d.Status), "stage", d.Stage,
 				"class", d.ErrorClass, "attempts", d.Attempts, "tenant_id", d.TenantID, "error", d.Error)
 		}
+	}
+}
+
+// startSpans starts a dlq.store span for each record that carries a trace context, as a child of it (so
+// a message's trace shows where it was dead-lettered and stored); nil when not traced.
+func (p *Processor) startSpans(ctx context.Context, recs []*kgo.Record) []trace.Span {
+	if p.tracer == nil {
+		return nil
+	}
+	spans := make([]trace.Span, len(recs))
+	for i, r := range recs {
+		rctx := tracing.RecordContext(ctx, r)
+		if !trace.SpanContextFromContext(rctx).IsValid() {
+			continue
+		}
+		_, spans[i] = p.tracer.Start(rctx, "dlq.store", trace.WithSpanKind(trace.SpanKindConsumer),
+			trace.WithAttributes(attribute.Int("messaging.kafka.partition", int(r.Partition)), attribute.Int64("messaging.kafka.offset", r.Offset)))
+	}
+	return spans
+}
+
+// endSpans ends the spans of startSpans with the outcome of each entry: its id, status, stage and class,
+// or the error of its insert (err: the batch's, when it was abandoned).
+func endSpans(spans []trace.Span, dls []store.DeadLetter, results []store.InsertResult, err error) {
+	for i, s := range spans {
+		if s == nil {
+			continue
+		}
+		d := dls[i]
+		s.SetAttributes(attribute.String("dead_letter.id", d.ID), attribute.String("dead_letter.status", string(d.Status)),
+			attribute.String("dead_letter.stage", d.Stage), attribute.String("dead_letter.error_class", d.ErrorClass))
+		failed := err
+		if failed == nil && results[i].Err != nil {
+			failed = results[i].Err
+		}
+		if failed != nil {
+			s.RecordError(failed)
+			s.SetStatus(otelcodes.Error, "not stored")
+		} else if results[i].Duplicate {
+			s.SetAttributes(attribute.Bool("dead_letter.duplicate", true))
+		}
+		s.End()
 	}
 }
 
