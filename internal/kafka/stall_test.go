@@ -21,28 +21,6 @@ import (
 // waitFor bounds every wait for a condition in these tests; none asserts on how long anything takes.
 const waitFor = 20 * time.Second
 
-// fakeClock is the monitor's clock: tests move it forward instead of sleeping.
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func newFakeClock() *fakeClock {
-	return &fakeClock{now: time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)}
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
-
 // stallEnv is a kfake cluster with the platform topics, a producer that writes to the partition each
 // record names, and an admin client to commit offsets of the pipeline's group.
 type stallEnv struct {
@@ -71,7 +49,7 @@ func (e *stallEnv) ctx() context.Context {
 
 // monitor returns a stall monitor of kafka.GroupPipeline on messages.inbound over its own client, with a
 // fake clock.
-func (e *stallEnv) monitor(after time.Duration) (*kafka.StallMonitor, *fakeClock) {
+func (e *stallEnv) monitor(after time.Duration) (*kafka.StallMonitor, *testenv.Clock) {
 	e.t.Helper()
 	client, err := kgo.NewClient(kgo.SeedBrokers(e.broker))
 	if err != nil {
@@ -79,7 +57,7 @@ func (e *stallEnv) monitor(after time.Duration) (*kafka.StallMonitor, *fakeClock
 	}
 	e.t.Cleanup(client.Close)
 	m := kafka.NewStallMonitor(client, kafka.GroupPipeline, kafka.TopicInbound, after)
-	clock := newFakeClock()
+	clock := testenv.NewClock(time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC))
 	m.SetClock(clock.Now)
 	return m, clock
 }

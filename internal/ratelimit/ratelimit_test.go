@@ -20,24 +20,6 @@ import (
 	"github.com/msgplatform/platform/internal/testenv"
 )
 
-// fakeClock is a settable clock.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Add(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
 // step is one call of a sequence: after advance, subject of tenant is charged cost; the Result must match.
 type step struct {
 	advance         time.Duration
@@ -152,11 +134,11 @@ func check(t *testing.T, i int, s step, got Result, slop time.Duration) {
 func TestLocalGCRA(t *testing.T) {
 	for _, seq := range sequences {
 		t.Run(seq.name, func(t *testing.T) {
-			clock := &fakeClock{t: time.Unix(1_800_000_000, 0)}
+			clock := testenv.NewClock(time.Unix(1_800_000_000, 0))
 			// Redis unreachable: every call is decided locally; the probes fail fast.
 			l, _, _ := newTestLimiter(t, unreachable(t), Config{Principal: seq.principal, Tenant: seq.tenant, Clock: clock.Now, ProbeEvery: time.Hour})
 			for i, s := range seq.steps {
-				clock.Add(s.advance)
+				clock.Advance(s.advance)
 				got, err := l.Allow(context.Background(), s.tenant, s.subject, s.cost)
 				if err != nil {
 					t.Fatal(err)
@@ -365,7 +347,7 @@ func (g *gatedScripter) EvalSha(ctx context.Context, sha string, keys []string, 
 // A call answered after Redis was marked down (it was sent before) does not mark it up again: only a
 // probe does, so a Redis that answers some calls and times out others does not flap (nor log) per call.
 func TestNoFlapping(t *testing.T) {
-	clock := &fakeClock{t: time.Now()}
+	clock := testenv.NewClock(time.Now())
 	g := &gatedScripter{Scripter: redisClient(t, testenv.StartRedisServer(t).Addr()), calls: make(chan struct{}, 10)}
 	l, _, logs := newTestLimiter(t, g, Config{Principal: Limit{Rate: 1, Burst: 100}, Timeout: time.Second, ProbeEvery: time.Second, Clock: clock.Now})
 	allow := func() Result {
@@ -406,7 +388,7 @@ func TestNoFlapping(t *testing.T) {
 	if r := allow(); !r.Local {
 		t.Errorf("before the probe is due: %+v, want decided locally", r)
 	}
-	clock.Add(time.Second)
+	clock.Advance(time.Second)
 	if r := allow(); r.Local { // the probe
 		t.Errorf("probe: %+v, want Redis's answer", r)
 	}

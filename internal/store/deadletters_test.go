@@ -14,7 +14,7 @@ import (
 )
 
 // newDeadLetters returns the repository on a fresh database of the shared FerretDB, with a test clock.
-func newDeadLetters(t *testing.T) (*DeadLetters, *testClock) {
+func newDeadLetters(t *testing.T) (*DeadLetters, *testenv.Clock) {
 	t.Helper()
 	uri := testenv.SharedMongo(t)
 	client, err := Connect(testCtx(t), uri)
@@ -23,7 +23,7 @@ func newDeadLetters(t *testing.T) (*DeadLetters, *testClock) {
 	}
 	t.Cleanup(func() { _ = client.Disconnect(context.Background()) })
 	r := NewDeadLetters(client.Database(testenv.MongoDatabase(t, uri)))
-	clock := &testClock{now: time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)}
+	clock := testenv.NewClock(time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC))
 	r.SetClock(clock.Now)
 	if err := r.EnsureIndexes(testCtx(t)); err != nil {
 		t.Fatal(err)

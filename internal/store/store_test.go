@@ -22,7 +22,7 @@ import (
 // It starts a file-backed FerretDB (testenv.Mongo), not the shared in-memory one: FerretDB 1.24's
 // in-memory SQLite mode allows a single SQLite connection, and every update and findAndModify deadlocks
 // on it (the server never answers, and the server is stuck for everyone after that).
-func newTestStore(t *testing.T) (*Store, *testClock) {
+func newTestStore(t *testing.T) (*Store, *testenv.Clock) {
 	t.Helper()
 	uri := testenv.Mongo(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -33,7 +33,7 @@ func newTestStore(t *testing.T) (*Store, *testClock) {
 	}
 	t.Cleanup(func() { _ = client.Disconnect(context.Background()) })
 	s := New(client.Database("platform"))
-	clock := &testClock{now: time.Date(2030, 1, 2, 3, 4, 5, 678_900_000, time.UTC)}
+	clock := testenv.NewClock(time.Date(2030, 1, 2, 3, 4, 5, 678_900_000, time.UTC))
 	s.SetClock(clock.Now)
 	if err := s.EnsureIndexes(ctx); err != nil {
 		t.Fatal(err)
@@ -47,25 +47,6 @@ func testCtx(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(t.Context(), 15*time.Second)
 	t.Cleanup(cancel)
 	return ctx
-}
-
-// testClock returns a settable time; Advance moves it on.
-type testClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *testClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *testClock) Advance(d time.Duration) time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-	return c.now
 }
 
 func newID() string { return ulid.Make().String() }
