@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -25,6 +24,7 @@ import (
 	"github.com/msgplatform/platform/internal/auth"
 	"github.com/msgplatform/platform/internal/authz"
 	"github.com/msgplatform/platform/internal/requestid"
+	"github.com/msgplatform/platform/internal/testenv"
 )
 
 // tokens maps the bearer tokens of the tests to their principals.
@@ -53,7 +53,7 @@ func (verifier) Verify(token string) (auth.Principal, error) {
 type chain struct {
 	access *authz.Interceptor
 	rec    *audit.Recorder
-	logs   *syncBuf
+	logs   *testenv.LockedBuffer
 }
 
 func newChain(t *testing.T, level slog.Level) *chain {
@@ -67,7 +67,7 @@ func newChain(t *testing.T, level slog.Level) *chain {
 	if err := access.LoadRules(s.GetServiceInfo()); err != nil {
 		t.Fatal(err)
 	}
-	logs := &syncBuf{}
+	logs := &testenv.LockedBuffer{}
 	return &chain{access: access, logs: logs,
 		rec: audit.New(slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: level})))}
 }
@@ -477,21 +477,4 @@ func TestStreamEvents(t *testing.T) {
 			}
 		})
 	}
-}
-
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

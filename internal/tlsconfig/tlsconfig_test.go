@@ -1,7 +1,6 @@
 package tlsconfig_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -11,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -27,12 +25,12 @@ import (
 type env struct {
 	r   *tlsconfig.Reloader
 	reg *prometheus.Registry
-	log *syncBuffer
+	log *testenv.LockedBuffer
 }
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	e := &env{reg: prometheus.NewRegistry(), log: &syncBuffer{}}
+	e := &env{reg: prometheus.NewRegistry(), log: &testenv.LockedBuffer{}}
 	var err error
 	if e.r, err = tlsconfig.New(e.reg, slog.New(slog.NewTextHandler(e.log, nil))); err != nil {
 		t.Fatal(err)
@@ -56,21 +54,20 @@ func (e *env) metric(t *testing.T, name string, labels ...string) float64 {
 	return testenv.Metric(t, e.reg, name, labels...)
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
+// tlsWait bounds the waits for a reload to be noticed (it asserts nothing about time).
+const tlsWait = 10 * time.Second
 
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
+// serveGRPC serves the "grpc" listener's configuration, from a certificate of ca written to dir (where
+// the test rotates it), on a loopback port: what the rotation tests start from. It returns the files, the
+// certificate first served and the address.
+func (e *env) serveGRPC(t *testing.T, ca *tlstest.CA, dir string) (tlsconfig.Files, *tlstest.Leaf, string) {
+	t.Helper()
+	files, first := serverFiles(t, dir, ca)
+	s, err := e.r.Server("grpc", files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return files, first, serve(t, s.Config())
 }
 
 // serve accepts TLS connections with cfg on a loopback port until the test ends: each completes the
@@ -137,17 +134,6 @@ func served(t *testing.T, addr string, cfg *tls.Config) string {
 	return cert.SerialNumber.String()
 }
 
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("still waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // serverFiles writes a CA-signed server certificate to dir and returns the Files naming it.
 func serverFiles(t *testing.T, dir string, ca *tlstest.CA) (tlsconfig.Files, *tlstest.Leaf) {
 	t.Helper()
@@ -189,12 +175,7 @@ func TestRotationWhenTheFilesChange(t *testing.T) {
 	e := newEnv(t)
 	ca := tlstest.NewCA(t, "test CA")
 	dir := t.TempDir()
-	files, old := serverFiles(t, dir, ca)
-	s, err := e.r.Server("grpc", files)
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := serve(t, s.Config())
+	_, old, addr := e.serveGRPC(t, ca, dir)
 	e.run(t, 20*time.Millisecond, nil)
 	if got := served(t, addr, clientTo(ca)); got != old.Cert.SerialNumber.String() {
 		t.Fatalf("served %s before the rotation, want %s", got, old.Cert.SerialNumber)
@@ -202,7 +183,7 @@ func TestRotationWhenTheFilesChange(t *testing.T) {
 
 	next := ca.Server(t)
 	next.WriteFiles(t, dir, "server")
-	eventually(t, "the new certificate served", func() bool { return served(t, addr, clientTo(ca)) == next.Cert.SerialNumber.String() })
+	testenv.Eventually(t, "the new certificate served", tlsWait, func() bool { return served(t, addr, clientTo(ca)) == next.Cert.SerialNumber.String() })
 	if n := e.metric(t, "platform_tls_reloads_total", "listener", "grpc", "result", "success"); n != 1 {
 		t.Errorf("reloads success = %v, want 1", n)
 	}
@@ -223,12 +204,7 @@ func TestRotationOnSignalAndReload(t *testing.T) {
 	e := newEnv(t)
 	ca := tlstest.NewCA(t, "test CA")
 	dir := t.TempDir()
-	files, old := serverFiles(t, dir, ca)
-	s, err := e.r.Server("grpc", files)
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := serve(t, s.Config())
+	_, old, addr := e.serveGRPC(t, ca, dir)
 	hup := make(chan os.Signal, 1)
 	e.run(t, time.Hour, hup) // no poll within the test
 
@@ -238,7 +214,7 @@ func TestRotationOnSignalAndReload(t *testing.T) {
 		t.Fatalf("served %s before the signal, want the old %s (no poll yet)", got, old.Cert.SerialNumber)
 	}
 	hup <- syscall.SIGHUP
-	eventually(t, "the new certificate served after SIGHUP", func() bool { return served(t, addr, clientTo(ca)) == next.Cert.SerialNumber.String() })
+	testenv.Eventually(t, "the new certificate served after SIGHUP", tlsWait, func() bool { return served(t, addr, clientTo(ca)) == next.Cert.SerialNumber.String() })
 	if !strings.Contains(e.log.String(), "signal=hangup") {
 		t.Errorf("the signal was not logged:\n%s", e.log.String())
 	}
@@ -259,12 +235,7 @@ func TestBadFilesKeepTheOldCertificate(t *testing.T) {
 	e := newEnv(t)
 	ca := tlstest.NewCA(t, "test CA")
 	dir := t.TempDir()
-	files, old := serverFiles(t, dir, ca)
-	s, err := e.r.Server("grpc", files)
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := serve(t, s.Config())
+	files, old, addr := e.serveGRPC(t, ca, dir)
 	e.run(t, 20*time.Millisecond, nil)
 
 	failures := func() float64 {
@@ -285,7 +256,7 @@ func TestBadFilesKeepTheOldCertificate(t *testing.T) {
 	} {
 		before := failures()
 		bad.write()
-		eventually(t, bad.name+": a failure counted", func() bool { return failures() > before })
+		testenv.Eventually(t, bad.name+": a failure counted", tlsWait, func() bool { return failures() > before })
 		if got := served(t, addr, clientTo(ca)); got != old.Cert.SerialNumber.String() {
 			t.Errorf("%s: served %s, want the old %s", bad.name, got, old.Cert.SerialNumber)
 		}
@@ -305,7 +276,7 @@ func TestBadFilesKeepTheOldCertificate(t *testing.T) {
 	}
 	next := ca.Server(t)
 	next.WriteFiles(t, dir, "server")
-	eventually(t, "good files served again", func() bool { return served(t, addr, clientTo(ca)) == next.Cert.SerialNumber.String() })
+	testenv.Eventually(t, "good files served again", tlsWait, func() bool { return served(t, addr, clientTo(ca)) == next.Cert.SerialNumber.String() })
 }
 
 // With a client CA, the listener requires a client certificate it signed (mutual TLS): a client without
