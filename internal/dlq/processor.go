@@ -50,10 +50,8 @@ func NewProcessor(cfg Config, kafkaOpts []kgo.Opt, st *store.DeadLetters, keys *
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	p := &Processor{cfg: cfg, keys: keys, store: st, metrics: m, logger: logger.With("component", "dlq-processor")}
-	if tracing.Enabled(cfg.TracerProvider) {
-		p.tracer = cfg.TracerProvider.Tracer(tracing.Scope)
-	}
+	p := &Processor{cfg: cfg, tracer: tracing.Tracer(cfg.TracerProvider), keys: keys, store: st, metrics: m,
+		logger: logger.With("component", "dlq-processor")}
 	var err error
 	p.client, err = kgo.NewClient(append(slices.Clone(kafkaOpts),
 		kgo.ClientID("platform-dlq"),
@@ -150,8 +148,7 @@ func (p *Processor) startSpans(ctx context.Context, recs []*kgo.Record) []trace.
 		if !trace.SpanContextFromContext(rctx).IsValid() {
 			continue
 		}
-		_, spans[i] = p.tracer.Start(rctx, "dlq.store", trace.WithSpanKind(trace.SpanKindConsumer),
-			trace.WithAttributes(attribute.Int("messaging.kafka.partition", int(r.Partition)), attribute.Int64("messaging.kafka.offset", r.Offset)))
+		_, spans[i] = p.tracer.Start(rctx, "dlq.store", trace.WithSpanKind(trace.SpanKindConsumer), tracing.RecordAttributes(r))
 	}
 	return spans
 }

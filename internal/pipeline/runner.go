@@ -12,6 +12,7 @@ import (
 
 	"github.com/msgplatform/platform/internal/envelope"
 	"github.com/msgplatform/platform/internal/observability"
+	"github.com/msgplatform/platform/internal/tracing"
 )
 
 // Stage names, used in metrics and in the dlq.stage header (defined in internal/envelope).
@@ -60,7 +61,7 @@ type runner struct {
 func newRunner(stages []Stage, cfg Config, reg prometheus.Registerer, logger *slog.Logger) (*runner, error) {
 	r := &runner{
 		stages: stages, retryInitial: cfg.RetryInitial, retryMax: cfg.RetryMax, retryTimeout: cfg.TransientRetryTimeout,
-		stageTimeout: cfg.StageTimeout, now: time.Now, logger: logger, tracer: stageTracer(cfg.TracerProvider),
+		stageTimeout: cfg.StageTimeout, now: time.Now, logger: logger, tracer: tracing.Tracer(cfg.TracerProvider),
 		processed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: observability.Namespace, Subsystem: "pipeline", Name: "stage_processed_total",
 			Help: "Records that passed a stage.",

@@ -26,14 +26,6 @@ const maxBatchLinks = 128
 // recordSpanStages are the stages that get a span per record, in the record's own trace.
 var recordSpanStages = map[string]bool{StageAuthorize: true, StagePersist: true, StageNotify: true}
 
-// stageTracer is tp's tracer, or nil when tp records nothing (then the runner does no tracing work).
-func stageTracer(tp trace.TracerProvider) trace.Tracer {
-	if !tracing.Enabled(tp) {
-		return nil
-	}
-	return tp.Tracer(tracing.Scope)
-}
-
 // stageSpans are the spans of one attempt of a stage: the batch's, and the traced records'.
 type stageSpans struct {
 	batch   trace.Span
@@ -76,9 +68,7 @@ func (r *runner) startSpans(ctx context.Context, stage string, partition int32, 
 		if !trace.SpanContextFromContext(it.Record.Context).IsValid() {
 			continue
 		}
-		_, sp := r.tracer.Start(it.Record.Context, "pipeline."+stage, back, trace.WithAttributes(
-			attribute.Int("messaging.kafka.partition", int(it.Record.Partition)),
-			attribute.Int64("messaging.kafka.offset", it.Record.Offset)))
+		_, sp := r.tracer.Start(it.Record.Context, "pipeline."+stage, back, tracing.RecordAttributes(it.Record))
 		s.records[i] = sp
 		if id := it.Message.ID; id != "" {
 			keyed[id] = sp.SpanContext()

@@ -78,6 +78,21 @@ func Enabled(tp trace.TracerProvider) bool {
 	return !isNoop
 }
 
+// Tracer is tp's tracer of the platform's own spans (Scope), or nil when tp records nothing: callers then
+// skip the work of tracing altogether.
+func Tracer(tp trace.TracerProvider) trace.Tracer {
+	if !Enabled(tp) {
+		return nil
+	}
+	return tp.Tracer(Scope)
+}
+
+// RecordAttributes are the attributes of a span about one Kafka record: its partition and offset.
+func RecordAttributes(r *kgo.Record) trace.SpanStartOption {
+	return trace.WithAttributes(attribute.Int("messaging.kafka.partition", int(r.Partition)),
+		attribute.Int64("messaging.kafka.offset", r.Offset))
+}
+
 // OrNoop returns tp, or the no-op provider when tp is nil.
 func OrNoop(tp trace.TracerProvider) trace.TracerProvider {
 	if tp == nil {
